@@ -1,0 +1,3 @@
+from naas.cli.main import main
+
+raise SystemExit(main())

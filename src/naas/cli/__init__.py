@@ -1,0 +1,1 @@
+"""The commands users run: naas, naas-enrollment, naas-drawing."""

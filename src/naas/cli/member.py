@@ -1,0 +1,255 @@
+"""Member-side commands: join (naas-enrollment), up, down, status, and the agent.
+
+``join`` is the only step on a client: it generates this host's keys locally, redeems
+the invitation at a PoP (after checking the PoP's key against the URL's pin), saves
+the membership, starts the agent in the background and returns once naas0 is up
+with its address. Nothing is written unless the enrollment succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from naas.cli.common import BadInput, CliError, member_dir, say, state_dir_of
+from naas.core.crypto import ed25519_public, x25519_public
+from naas.daemon import control, netconf
+from naas.daemon.runner import DEFAULT_INTERFACE, Agent, setup_logging
+from naas.daemon.state import NodeDir, client_node_dir
+from naas.model.codec import certificate_to_dict
+from naas.pop.client import EnrollmentError, enroll
+from naas.pop.invitations import InvitationError, parse_url_untrusted
+
+READY_TIMEOUT = 20.0
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    try:
+        invitation = parse_url_untrusted(args.url)
+    except InvitationError as exc:
+        raise BadInput(f"invitation URL: {exc}") from None
+    state_dir = state_dir_of(args.state_dir)
+    node_dir = client_node_dir(state_dir, invitation.network)
+    if node_dir.exists() and not args.force:
+        raise CliError(
+            f"this host is already a member of {invitation.network!r} ({node_dir.path}); "
+            "use `naas up`, or --force to enroll again"
+        )
+    static_private, signing_private = os.urandom(32), os.urandom(32)
+    try:
+        result = enroll(invitation, x25519_public(static_private), ed25519_public(signing_private))
+    except EnrollmentError as exc:
+        raise CliError(f"enrollment failed: {exc}") from None
+    if node_dir.exists():
+        stop_agent(node_dir, quiet=True)
+    node_dir.save_keys(static_private, signing_private)
+    node_dir.save_members(list(result.members))
+    node_dir.save_membership(certificate_to_dict(result.certificate), result.network)
+    cert = result.certificate
+    say(f"enrolled in {result.network.name!r} as {cert.name!r} (node {cert.node_id}"
+        + (f", {cert.ip.ip}" if cert.ip else ", layer 2 only") + ")")
+    if args.foreground:
+        return run_agent(node_dir, args.interface)
+    start_agent(node_dir, args.interface, state_dir)
+    return 0
+
+
+def start_agent(node_dir: NodeDir, interface: str, state_dir: Path) -> None:
+    """Start the agent detached and wait until naas0 is up (with its address)."""
+    if agent_running(node_dir):
+        say(f"agent already running (pid {read_pid(node_dir)})")
+        return
+    node_dir.path.mkdir(parents=True, exist_ok=True)
+    with open(node_dir.log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "naas", "agent", "--node-dir", str(node_dir.path), "--interface", interface],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+            env={**os.environ, "NAAS_STATE_DIR": str(state_dir)},
+        )
+    cert = node_dir.load_identity().certificate
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise CliError(f"the agent exited with status {process.returncode}; see {node_dir.log_path}")
+        if node_dir.socket_path.exists():
+            try:
+                control.request(node_dir.socket_path, "status", timeout=2)
+            except control.ControlError:
+                pass
+            else:
+                if cert.ip is None or cert.ip in netconf.interface_addresses(interface):
+                    where = f" with {cert.ip}" if cert.ip else " (layer 2 only)"
+                    say(f"{interface} is up{where}; agent pid {process.pid}, log {node_dir.log_path}")
+                    return
+        time.sleep(0.1)
+    raise CliError(f"the agent did not come up within {READY_TIMEOUT:.0f} s; see {node_dir.log_path}")
+
+
+def run_agent(node_dir: NodeDir, interface: str) -> int:
+    setup_logging(os.environ.get("NAAS_LOG_LEVEL", "INFO"))
+    agent = Agent(node_dir, interface=interface)
+    asyncio.run(agent.run())
+    return 0
+
+
+def read_pid(node_dir: NodeDir) -> int | None:
+    try:
+        return int(node_dir.pid_path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def agent_running(node_dir: NodeDir) -> bool:
+    pid = read_pid(node_dir)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_agent(node_dir: NodeDir, quiet: bool = False) -> bool:
+    """Ask the agent to stop, wait for it, SIGTERM as a fallback; True if one ran."""
+    pid = read_pid(node_dir)
+    if pid is None or not agent_running(node_dir):
+        return False
+    try:
+        control.request(node_dir.socket_path, "shutdown", timeout=2)
+    except control.ControlError:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    if not quiet:
+        say(f"agent stopped (pid {pid})")
+    return True
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    state_dir = state_dir_of(args.state_dir)
+    node_dir = member_dir(state_dir, args.network)
+    if args.foreground:
+        return run_agent(node_dir, args.interface)
+    start_agent(node_dir, args.interface, state_dir)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    node_dir = member_dir(state_dir_of(args.state_dir), args.network)
+    if not stop_agent(node_dir):
+        say("agent was not running")
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    node_dir = NodeDir(Path(args.node_dir))
+    if not node_dir.exists():
+        raise BadInput(f"--node-dir: no membership in {node_dir.path}")
+    return run_agent(node_dir, args.interface)
+
+
+def fetch_status(node_dir: NodeDir) -> dict[str, Any]:
+    try:
+        answer = control.request(node_dir.socket_path, "status")
+    except control.ControlError as exc:
+        raise CliError(str(exc)) from None
+    if not answer.get("ok"):
+        raise CliError(f"agent: {answer.get('error', 'failed')}")
+    status: dict[str, Any] = answer["status"]
+    return status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    node_dir = member_dir(state_dir_of(args.state_dir), args.network)
+    status = fetch_status(node_dir)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print(format_status(status))
+    return 0
+
+
+def format_status(status: dict[str, Any]) -> str:
+    node = status["node"]
+    lines = [
+        f"network {status['network']}: this host is {node['name']} (node {node['node_id']}, "
+        f"{node['ip'] or 'layer 2 only'}, mtu {node['mtu']})",
+        "",
+    ]
+    header = ("MEMBER", "ROLE", "OVERLAY IP", "PATH", "ENDPOINT", "RTT", "RX", "TX")
+    rows = [header]
+    for peer in status["peers"]:
+        rtt = f"{peer['rtt_ms']:.2f} ms" if peer["rtt_ms"] is not None else "-"
+        rows.append((
+            peer["name"], "pop" if peer["pop"] else "member", peer["ip"] or "-", peer["path"],
+            peer["endpoint"] or "-", rtt, _bytes(peer["rx_bytes"]), _bytes(peer["tx_bytes"]),
+        ))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines += ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    drops = {k: v for k, v in status.get("drops", {}).items() if v}
+    if drops:
+        lines += ["", "dropped: " + ", ".join(f"{k}={v}" for k, v in drops.items())]
+    return "\n".join(lines)
+
+
+def _bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(count)
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def common(parser: argparse.ArgumentParser, network: bool = True) -> None:
+        parser.add_argument("--state-dir", help="state directory (default /var/lib/naas or $NAAS_STATE_DIR)")
+        if network:
+            parser.add_argument("--network", help="which network (default: the only one joined)")
+
+    join = sub.add_parser("join", help="join a network with an invitation URL (same as naas-enrollment)")
+    join.add_argument("url", help="the invitation URL (naas://...)")
+    join.add_argument("--foreground", action="store_true", help="run the agent attached")
+    join.add_argument("--force", action="store_true", help="enroll again even if already a member")
+    join.add_argument("--interface", default=DEFAULT_INTERFACE, help="TAP device name (default naas0)")
+    common(join, network=False)
+    join.set_defaults(func=cmd_join)
+
+    up = sub.add_parser("up", help="start the agent from saved state")
+    up.add_argument("--foreground", action="store_true")
+    up.add_argument("--interface", default=DEFAULT_INTERFACE)
+    common(up)
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop the agent (naas0 goes away)")
+    common(down)
+    down.set_defaults(func=cmd_down)
+
+    status = sub.add_parser("status", help="members, paths, endpoints, RTT and counters")
+    status.add_argument("--json", action="store_true")
+    common(status)
+    status.set_defaults(func=cmd_status)
+
+    agent = sub.add_parser("agent", help=argparse.SUPPRESS)
+    agent.add_argument("--node-dir", required=True)
+    agent.add_argument("--interface", default=DEFAULT_INTERFACE)
+    agent.set_defaults(func=cmd_agent)

@@ -1,0 +1,1 @@
+"""Pure protocol logic: no I/O, no clock, no randomness (all passed in)."""

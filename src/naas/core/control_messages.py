@@ -1,0 +1,81 @@
+"""Control messages members exchange inside their encrypted sessions.
+
+They ride in DATA packets with the inner kind CONTROL, so they are already
+authenticated as coming from the session's peer; they are still parsed as untrusted
+(a member may be buggy or compromised). JSON keeps them readable in captures of
+decrypted traffic and in tests; they are rare next to data frames.
+
+    probe      {"t": "probe", "seq": n, "ts": sender's clock}     -> answered by
+    probe_ack  {"t": "probe_ack", "seq": n, "ts": echoed}            (RTT = now - ts)
+    members    {"t": "members", "members": [member records]}       membership gossip
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from naas.core.constants import MAX_CONTROL_BYTES, MAX_MEMBERS_PER_GOSSIP
+from naas.core.wire import INNER_CONTROL, BadPacket, DropReason
+from naas.model.codec import CodecError, canonical_json, member_from_dict, member_to_dict
+from naas.model.network import MemberRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    seq: int
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAck:
+    seq: int
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    members: tuple[MemberRecord, ...]
+
+
+ControlMessage = Probe | ProbeAck | Members
+
+
+def encode_control(message: ControlMessage) -> bytes:
+    """The inner payload (kind byte included) carrying ``message``."""
+    body: dict[str, Any]
+    if isinstance(message, Probe):
+        body = {"t": "probe", "seq": message.seq, "ts": message.ts}
+    elif isinstance(message, ProbeAck):
+        body = {"t": "probe_ack", "seq": message.seq, "ts": message.ts}
+    else:
+        body = {"t": "members", "members": [member_to_dict(m) for m in message.members]}
+    return bytes((INNER_CONTROL,)) + canonical_json(body)
+
+
+def decode_control_untrusted(payload: bytes) -> ControlMessage:
+    """Parse a CONTROL inner payload (without its kind byte)."""
+    if len(payload) > MAX_CONTROL_BYTES:
+        raise BadPacket(DropReason.BAD_CONTROL, "too long")
+    try:
+        body = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise BadPacket(DropReason.BAD_CONTROL, "not JSON") from None
+    if not isinstance(body, dict):
+        raise BadPacket(DropReason.BAD_CONTROL, "not an object")
+    kind = body.get("t")
+    try:
+        if kind in ("probe", "probe_ack"):
+            seq, ts = body.get("seq"), body.get("ts")
+            if not isinstance(seq, int) or not isinstance(ts, (int, float)):
+                raise BadPacket(DropReason.BAD_CONTROL, "bad probe")
+            return Probe(seq, float(ts)) if kind == "probe" else ProbeAck(seq, float(ts))
+        if kind == "members":
+            raw = body.get("members")
+            if not isinstance(raw, list) or len(raw) > MAX_MEMBERS_PER_GOSSIP:
+                raise BadPacket(DropReason.BAD_CONTROL, "bad member list")
+            return Members(tuple(member_from_dict(m) for m in raw))
+    except CodecError as exc:
+        raise BadPacket(DropReason.BAD_CONTROL, str(exc)) from None
+    raise BadPacket(DropReason.BAD_CONTROL, f"unknown type {kind!r}")

@@ -1,0 +1,624 @@
+"""NodeCore: one mesh member's protocol engine, without I/O.
+
+Theory of operation. The driver feeds events in and drains effects out:
+
+    tap_frames_received(frames, now)      Ethernet frames read from naas0 ("inside")
+    datagrams_received(datagrams, now)    UDP datagrams from the underlay ("outside")
+    timer_fired(now)                      at or after next_deadline()
+    member_enrolled(certificate, now)     a PoP's enrollment service issued a certificate
+        -> take_datagrams()  [(bytes, (host, port))] to send
+        -> take_frames()     [bytes] to write into naas0
+        -> take_events()     [NodeEvent] to log
+
+Inside -> outside: a frame is answered locally if it is ARP for a member's address or
+DHCP from this host (layer-3 networks only); else its destination MAC picks a member
+(model/ids.py, core/switch.py) or, for broadcast/multicast/unknown, every member with a
+session. It is sealed in that member's newest confirmed session (core/session.py);
+without one it waits in a short queue while a Noise IK handshake runs.
+
+Outside -> inside: the outer header's type selects the handler. DATA goes to the
+session its receiver index names, is opened (AEAD + anti-replay) and yields a frame for
+naas0 or a control message (probes, membership gossip). INITIATION/RESPONSE run the
+handshake; the peer's certificate, signed by the network CA, travels inside the
+encrypted handshake payload and must match the Noise static key.
+
+Anything malformed or unauthenticated from outside is dropped with a DropReason and
+counted (``drops``); it never raises out of an input method. Timers (handshake
+retransmission, rekey, probes that measure RTT and detect dead links, gossip) are all
+driven by ``now``; randomness (ephemeral keys, indexes, jitter) comes from the
+``random_bytes`` callable the driver passes in.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any
+
+from naas.core import arp, dhcp
+from naas.core.constants import (
+    GOSSIP_INTERVAL,
+    LINK_DOWN_AFTER_MISSES,
+    MAX_MEMBERS_PER_GOSSIP,
+    PROBE_INTERVAL,
+    PROBE_JITTER,
+    REKEY_ATTEMPT_TIME,
+    REKEY_TIMEOUT,
+)
+from naas.core.control_messages import (
+    ControlMessage,
+    Members,
+    Probe,
+    ProbeAck,
+    decode_control_untrusted,
+    encode_control,
+)
+from naas.core.crypto import certificate_problem
+from naas.core.ethernet import clamp_tcp_mss
+from naas.core.handshake import HandshakeError, InitiatorHandshake, ResponderHandshake
+from naas.core.peer import Address, PendingHandshake, Peer
+from naas.core.session import Session
+from naas.core.switch import MacTable
+from naas.core.wire import (
+    DATA_HEAD,
+    DATA_HEADER_LEN,
+    DEFAULT_HOP_LIMIT,
+    ETHERNET_HEADER_LEN,
+    HANDSHAKE_TIMESTAMP,
+    INNER_CONTROL,
+    INNER_FRAME,
+    INNER_KEEPALIVE,
+    OUTER,
+    PROLOGUE_PREFIX,
+    TYPE_DATA,
+    TYPE_INITIATION,
+    TYPE_RESPONSE,
+    BadPacket,
+    DropReason,
+    pack_initiation,
+    pack_response,
+    parse_initiation_untrusted,
+    parse_response_untrusted,
+)
+from naas.model.certificate import Certificate
+from naas.model.codec import CodecError, certificate_from_bytes_untrusted, certificate_to_bytes
+from naas.model.ids import format_mac, mac_for_node
+from naas.model.network import MemberRecord, NetworkInfo
+
+_KEEPALIVE = bytes((INNER_KEEPALIVE,))
+_FRAME = bytes((INNER_FRAME,))
+_ETHERTYPE_ARP = b"\x08\x06"
+_ETHERTYPE_IPV4 = b"\x08\x00"
+DHCP_LEASE_SECONDS = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class LocalIdentity:
+    certificate: Certificate
+    static_private: bytes  # X25519, never leaves this host
+    signing_private: bytes  # Ed25519, never leaves this host
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEvent:
+    kind: str  # member_learned | member_updated | peer_up | peer_down | session_started
+    node_id: int
+    name: str
+    detail: str = ""
+
+
+class NodeCore:
+    def __init__(
+        self,
+        identity: LocalIdentity,
+        network: NetworkInfo,
+        *,
+        random_bytes: Callable[[int], bytes],
+        now: float,
+        wall_offset: float,
+        mtu: int,
+        members: Iterable[MemberRecord] = (),
+    ) -> None:
+        self.identity = identity
+        self.network = network
+        self.node_id = identity.certificate.node_id
+        self.mac = identity.certificate.mac
+        self.mtu = mtu
+        self.drops: Counter[DropReason] = Counter()
+        self.peers: dict[int, Peer] = {}
+        self._random = random_bytes
+        self._wall_offset = wall_offset
+        self._last_stamp = 0
+        self._prologue = PROLOGUE_PREFIX + network.name.encode()
+        self._own_cert_bytes = certificate_to_bytes(identity.certificate)
+        self._by_index: dict[int, tuple[Peer, Session]] = {}
+        self._pending_by_index: dict[int, Peer] = {}
+        self._datagrams_out: list[tuple[bytes, Address]] = []
+        self._frames_out: list[bytes] = []
+        self._events: list[NodeEvent] = []
+        self._link_was_up: dict[int, bool] = {}
+        self._next_gossip_at = now + GOSSIP_INTERVAL
+        self._next_deadline = now
+        self.mac_table = MacTable(self.node_id)
+        self._max_frame = mtu + ETHERNET_HEADER_LEN + 4  # one VLAN tag allowed
+        self._max_mss = mtu - 40
+        self._ip_to_node: dict[IPv4Address, int] = {}
+        self._dhcp: dhcp.DhcpResponder | None = None
+        own_ip = identity.certificate.ip
+        if network.subnet is not None and own_ip is not None:
+            self._dhcp = dhcp.DhcpResponder(
+                server_mac=self.mac,
+                server_ip=own_ip.ip,
+                subnet=network.subnet,
+                lease_seconds=DHCP_LEASE_SECONDS,
+                gateway=network.gateway,
+                mtu=mtu,
+            )
+        for record in members:
+            self._learn_member(record, now, gossip=False)
+
+    # -- effects --------------------------------------------------------------------------
+
+    def take_datagrams(self) -> list[tuple[bytes, Address]]:
+        out, self._datagrams_out = self._datagrams_out, []
+        return out
+
+    def take_frames(self) -> list[bytes]:
+        out, self._frames_out = self._frames_out, []
+        return out
+
+    def take_events(self) -> list[NodeEvent]:
+        out, self._events = self._events, []
+        return out
+
+    def next_deadline(self) -> float:
+        return self._next_deadline
+
+    # -- inside: frames from naas0 ---------------------------------------------------------
+
+    def tap_frames_received(self, frames: Iterable[bytes], now: float) -> None:
+        lookup = self.mac_table.lookup
+        peers = self.peers
+        for frame in frames:
+            if len(frame) < ETHERNET_HEADER_LEN:
+                self.drops[DropReason.BAD_FRAME] += 1
+                continue
+            if len(frame) > self._max_frame:
+                self.drops[DropReason.FRAME_TOO_BIG] += 1
+                continue
+            multicast = frame[0] & 1
+            if self._dhcp is not None and self._answered_locally(frame, multicast):
+                continue
+            if frame[12:14] == _ETHERTYPE_IPV4 and frame[23] == 6:
+                frame = clamp_tcp_mss(frame, self._max_mss)
+            inner = _FRAME + frame
+            if multicast:
+                self._flood(inner, now)
+                continue
+            node = lookup(frame[:6], now)
+            if node is None:
+                self._flood(inner, now)
+            elif node != self.node_id:
+                peer = peers.get(node)
+                if peer is None:
+                    self.drops[DropReason.NO_ROUTE] += 1
+                else:
+                    self._send_inner(peer, inner, now)
+
+    def _flood(self, inner: bytes, now: float) -> None:
+        for peer in self.peers.values():
+            if peer.send_session(now) is not None:
+                self._send_inner(peer, inner, now)
+
+    def _answered_locally(self, frame: bytes, multicast: int) -> bool:
+        """ARP for members and this host's DHCP are answered here, never flooded."""
+        ethertype = frame[12:14]
+        if ethertype == _ETHERTYPE_ARP:
+            try:
+                request = arp.parse_arp_untrusted(frame)
+            except BadPacket as exc:
+                self.drops[exc.reason] += 1
+                return True
+            node = self._ip_to_node.get(request.target_ip)
+            if request.op != 1 or node is None or node == self.node_id:
+                return False
+            self._frames_out.append(arp.build_arp_reply(request, mac_for_node(node)))
+            return True
+        if multicast and ethertype == _ETHERTYPE_IPV4 and self._dhcp is not None:
+            try:
+                request_dhcp = dhcp.parse_dhcp_untrusted(frame)
+            except BadPacket as exc:
+                self.drops[exc.reason] += 1
+                return True
+            if request_dhcp is None:
+                return False
+            client_mac = frame[6:12]
+            if client_mac != self.mac:
+                return False  # a host bridged behind us: not ours to answer
+            own_ip = self.identity.certificate.ip
+            reply = self._dhcp.answer(request_dhcp, client_mac, own_ip)
+            if reply is not None:
+                self._frames_out.append(reply)
+            return True
+        return False
+
+    # -- outside: datagrams from the underlay ------------------------------------------------
+
+    def datagrams_received(self, datagrams: Iterable[tuple[bytes, Address]], now: float) -> None:
+        for datagram, address in datagrams:
+            try:
+                if len(datagram) < DATA_HEADER_LEN:
+                    raise BadPacket(DropReason.TOO_SHORT, f"{len(datagram)} bytes")
+                kind, _hops, flags, dst, src = OUTER.unpack_from(datagram)
+                if flags:
+                    raise BadPacket(DropReason.BAD_FLAGS)
+                if dst != self.node_id:
+                    raise BadPacket(DropReason.WRONG_DESTINATION, str(dst))
+                if kind == TYPE_DATA:
+                    self._data_received(datagram, src, address, now)
+                elif kind == TYPE_INITIATION:
+                    self._initiation_received(datagram, address, now)
+                elif kind == TYPE_RESPONSE:
+                    self._response_received(datagram, address, now)
+                else:
+                    raise BadPacket(DropReason.UNKNOWN_TYPE, str(kind))
+            except BadPacket as exc:
+                self.drops[exc.reason] += 1
+
+    def _data_received(self, datagram: bytes, src: int, address: Address, now: float) -> None:
+        receiver_index, counter = DATA_HEAD.unpack_from(datagram, OUTER.size)
+        entry = self._by_index.get(receiver_index)
+        if entry is None:
+            raise BadPacket(DropReason.UNKNOWN_INDEX)
+        peer, session = entry
+        if src != peer.node_id:
+            raise BadPacket(DropReason.UNKNOWN_SENDER)
+        was_confirmed = session.confirmed
+        inner = session.open(datagram, counter, now)
+        stats = peer.stats
+        stats.rx_packets += 1
+        stats.rx_bytes += len(datagram)
+        stats.last_rx = now
+        if address != peer.current_endpoint:
+            self._endpoint_confirmed(peer, address, now)
+        if not was_confirmed:
+            self._session_ready(peer, now)
+        if not inner:
+            raise BadPacket(DropReason.BAD_INNER, "empty")
+        kind = inner[0]
+        if kind == INNER_FRAME:
+            if len(inner) < 1 + ETHERNET_HEADER_LEN:
+                raise BadPacket(DropReason.BAD_FRAME)
+            frame = inner[1:]
+            self.mac_table.learn(frame[6:12], peer.node_id, now)
+            self._frames_out.append(frame)
+        elif kind == INNER_CONTROL:
+            self._control_received(peer, decode_control_untrusted(inner[1:]), now)
+        elif kind != INNER_KEEPALIVE:
+            raise BadPacket(DropReason.BAD_INNER, str(kind))
+
+    def _endpoint_confirmed(self, peer: Peer, address: Address, now: float) -> None:
+        """Authenticated traffic came from ``address``: reply there (roaming)."""
+        peer.current_endpoint = address
+        if peer.note_endpoint(address):
+            self._gossip_change(peer, now)
+
+    # -- handshakes ---------------------------------------------------------------------------
+
+    def _initiate(self, peer: Peer, now: float) -> None:
+        if peer.pending is not None:
+            self._pending_by_index.pop(peer.pending.local_index, None)
+        handshake = InitiatorHandshake(
+            local_static_private=self.identity.static_private,
+            remote_static_public=peer.certificate.static_public,
+            prologue=self._prologue,
+        )
+        stamp = max(self._last_stamp + 1, int((now + self._wall_offset) * 1000))
+        self._last_stamp = stamp
+        message = handshake.create_initiation(
+            self._random(32), HANDSHAKE_TIMESTAMP.pack(stamp) + self._own_cert_bytes
+        )
+        index = self._new_index()
+        first = peer.pending.first_sent_at if peer.pending is not None else now
+        peer.pending = PendingHandshake(handshake, index, first, now)
+        self._pending_by_index[index] = peer
+        datagram = pack_initiation(peer.node_id, self.node_id, index, message)
+        targets = [peer.current_endpoint] if peer.current_endpoint else []
+        targets += [e for e in peer.endpoints if e != peer.current_endpoint]
+        for address in targets:
+            self._datagrams_out.append((datagram, address))
+
+    def _initiation_received(self, datagram: bytes, address: Address, now: float) -> None:
+        initiation = parse_initiation_untrusted(datagram)
+        handshake = ResponderHandshake(
+            local_static_private=self.identity.static_private, prologue=self._prologue
+        )
+        try:
+            payload = handshake.consume_initiation(initiation.noise_message)
+        except HandshakeError:
+            raise BadPacket(DropReason.HANDSHAKE_FAILED) from None
+        if len(payload) < HANDSHAKE_TIMESTAMP.size:
+            raise BadPacket(DropReason.HANDSHAKE_FAILED, "short payload")
+        (stamp,) = HANDSHAKE_TIMESTAMP.unpack_from(payload)
+        try:
+            cert = certificate_from_bytes_untrusted(payload[HANDSHAKE_TIMESTAMP.size :])
+        except CodecError:
+            raise BadPacket(DropReason.BAD_CERTIFICATE, "undecodable") from None
+        if (
+            cert.node_id != initiation.src_node
+            or cert.static_public != handshake.remote_static_public
+            or cert.node_id == self.node_id
+            or certificate_problem(cert, self.network.ca_public, self.network.name, now + self._wall_offset)
+        ):
+            raise BadPacket(DropReason.BAD_CERTIFICATE)
+        peer = self.peers.get(cert.node_id)
+        if peer is None or peer.certificate != cert:
+            self._learn_member(MemberRecord(cert), now, gossip=True)
+            peer = self.peers[cert.node_id]
+        if stamp <= peer.last_initiation_stamp:
+            raise BadPacket(DropReason.STALE_INITIATION)
+        peer.last_initiation_stamp = stamp
+        index = self._new_index()
+        message, keys = handshake.create_response(self._random(32), b"")
+        session = Session(
+            keys, local_index=index, remote_index=initiation.sender_index, is_initiator=False, now=now
+        )
+        self._install_session(peer, session)
+        self._endpoint_confirmed(peer, address, now)
+        self._datagrams_out.append(
+            (pack_response(peer.node_id, self.node_id, index, initiation.sender_index, message), address)
+        )
+
+    def _response_received(self, datagram: bytes, address: Address, now: float) -> None:
+        response = parse_response_untrusted(datagram)
+        peer = self._pending_by_index.get(response.receiver_index)
+        if peer is None or peer.pending is None or peer.node_id != response.src_node:
+            raise BadPacket(DropReason.UNKNOWN_INDEX)
+        try:
+            _payload, keys = peer.pending.handshake.consume_response(response.noise_message)
+        except HandshakeError:
+            raise BadPacket(DropReason.HANDSHAKE_FAILED) from None
+        del self._pending_by_index[response.receiver_index]
+        session = Session(
+            keys,
+            local_index=peer.pending.local_index,
+            remote_index=response.sender_index,
+            is_initiator=True,
+            now=now,
+        )
+        peer.pending = None
+        peer.attempt_backoff = 1.0
+        self._install_session(peer, session)
+        self._endpoint_confirmed(peer, address, now)
+        self._session_ready(peer, now)
+        if peer.send_session(now) is session and not peer.queue:
+            self._send_inner(peer, _KEEPALIVE, now)  # confirms the keys to the responder
+
+    def _install_session(self, peer: Peer, session: Session) -> None:
+        self._by_index[session.local_index] = (peer, session)
+        for old in peer.add_session(session):
+            self._by_index.pop(old.local_index, None)
+        peer.stats.handshakes += 1
+
+    def _session_ready(self, peer: Peer, now: float) -> None:
+        """A session became usable for sending: flush the queue, greet a new peer."""
+        first = peer.stats.handshakes == 1 and peer.stats.probes_sent == 0
+        while peer.queue:
+            self._send_inner(peer, peer.queue.popleft(), now)
+        peer.next_probe_at = now
+        peer.stats.unanswered = 0
+        if first:
+            self._events.append(NodeEvent("session_started", peer.node_id, peer.name))
+            self._send_member_table(peer, now)
+        self._next_deadline = now
+
+    def _new_index(self) -> int:
+        for _ in range(16):
+            index = int.from_bytes(self._random(4), "big")
+            if index and index not in self._by_index and index not in self._pending_by_index:
+                return index
+        raise RuntimeError("cannot find a free session index")
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _send_inner(self, peer: Peer, inner: bytes, now: float) -> None:
+        session = peer.send_session(now)
+        address = peer.current_endpoint or (peer.endpoints[0] if peer.endpoints else None)
+        if session is None or address is None:
+            if len(peer.queue) == peer.queue.maxlen:
+                self.drops[DropReason.QUEUE_FULL] += 1
+            peer.queue.append(inner)
+            if peer.pending is None and peer.endpoints:
+                self._initiate(peer, now)
+            return
+        datagram = session.seal(peer.node_id, self.node_id, DEFAULT_HOP_LIMIT, inner)
+        self._datagrams_out.append((datagram, address))
+        stats = peer.stats
+        stats.tx_packets += 1
+        stats.tx_bytes += len(datagram)
+
+    def _send_control(self, peer: Peer, message: ControlMessage, now: float) -> None:
+        if peer.send_session(now) is not None:
+            self._send_inner(peer, encode_control(message), now)
+
+    # -- control messages ---------------------------------------------------------------------
+
+    def _control_received(self, peer: Peer, message: ControlMessage, now: float) -> None:
+        if isinstance(message, Probe):
+            self._send_control(peer, ProbeAck(message.seq, message.ts), now)
+        elif isinstance(message, ProbeAck):
+            rtt = now - message.ts
+            if 0 <= rtt < 60:
+                stats = peer.stats
+                stats.rtt = rtt if stats.rtt is None else 0.75 * stats.rtt + 0.25 * rtt
+                stats.probes_answered += 1
+                stats.unanswered = 0
+        else:
+            for record in message.members:
+                self._learn_member(record, now, gossip=True, source=peer.node_id)
+
+    # -- membership -----------------------------------------------------------------------------
+
+    def member_enrolled(self, certificate: Certificate, now: float) -> None:
+        """A PoP issued ``certificate``: tell the mesh."""
+        self._learn_member(MemberRecord(certificate), now, gossip=True)
+
+    def _learn_member(
+        self, record: MemberRecord, now: float, *, gossip: bool, source: int | None = None
+    ) -> None:
+        cert = record.certificate
+        if cert.node_id == self.node_id:
+            return
+        if certificate_problem(cert, self.network.ca_public, self.network.name, now + self._wall_offset):
+            self.drops[DropReason.BAD_CERTIFICATE] += 1
+            return
+        peer = self.peers.get(cert.node_id)
+        changed = False
+        if peer is None:
+            peer = Peer(cert)
+            self.peers[cert.node_id] = peer
+            self._events.append(NodeEvent("member_learned", cert.node_id, cert.name))
+            changed = True
+        elif peer.certificate != cert:
+            if cert.not_before < peer.certificate.not_before:
+                return  # an older certificate: ignore
+            self._forget_sessions(peer)
+            peer.certificate = cert
+            self._events.append(NodeEvent("member_updated", cert.node_id, cert.name, "new certificate"))
+            changed = True
+        if cert.ip is not None:
+            self._ip_to_node[cert.ip.ip] = cert.node_id
+        for endpoint in record.endpoints:
+            address = endpoint.as_tuple()
+            if address not in peer.endpoints:
+                peer.endpoints.append(address)  # hearsay goes after what we saw ourselves
+                changed = True
+                if peer.send_session(now) is None and peer.pending is None:
+                    peer.next_attempt_at = now
+                    self._next_deadline = now
+        if changed and gossip:
+            self._gossip_change(peer, now, exclude=source)
+
+    def _forget_sessions(self, peer: Peer) -> None:
+        for session in peer.sessions:
+            self._by_index.pop(session.local_index, None)
+        peer.sessions.clear()
+        if peer.pending is not None:
+            self._pending_by_index.pop(peer.pending.local_index, None)
+            peer.pending = None
+
+    def member_records(self) -> list[MemberRecord]:
+        own = MemberRecord(self.identity.certificate)
+        return [own] + [MemberRecord(p.certificate, p.public_endpoints()) for p in self.peers.values()]
+
+    def _gossip_change(self, changed: Peer, now: float, exclude: int | None = None) -> None:
+        """Flood one changed record to every other member we have a session with."""
+        record = MemberRecord(changed.certificate, changed.public_endpoints())
+        message = encode_control(Members((record,)))
+        for peer in self.peers.values():
+            if peer is not changed and peer.node_id != exclude and peer.send_session(now) is not None:
+                self._send_inner(peer, message, now)
+
+    def _send_member_table(self, peer: Peer, now: float) -> None:
+        records = self.member_records()
+        for start in range(0, len(records), MAX_MEMBERS_PER_GOSSIP):
+            self._send_control(peer, Members(tuple(records[start : start + MAX_MEMBERS_PER_GOSSIP])), now)
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def timer_fired(self, now: float) -> None:
+        deadline = now + PROBE_INTERVAL
+        for peer in self.peers.values():
+            for old in peer.expire_sessions(now):
+                self._by_index.pop(old.local_index, None)
+            pending = peer.pending
+            if pending is not None:
+                if now - pending.first_sent_at > REKEY_ATTEMPT_TIME:
+                    self._pending_by_index.pop(pending.local_index, None)
+                    peer.pending = None
+                    peer.next_attempt_at = now + peer.attempt_backoff
+                    peer.attempt_backoff = min(peer.attempt_backoff * 2, 30.0)
+                elif now - pending.last_sent_at >= REKEY_TIMEOUT:
+                    self._initiate(peer, now)
+            session = peer.send_session(now)
+            if peer.pending is None and peer.endpoints and now >= peer.next_attempt_at and (
+                session is None
+                or session.wants_rekey(now)
+                or peer.stats.unanswered >= 2 * LINK_DOWN_AFTER_MISSES
+            ):
+                self._initiate(peer, now)
+                peer.stats.unanswered = min(peer.stats.unanswered, LINK_DOWN_AFTER_MISSES)
+            if session is not None and now >= peer.next_probe_at:
+                peer.probe_seq += 1
+                peer.stats.probes_sent += 1
+                peer.stats.unanswered += 1
+                self._send_control(peer, Probe(peer.probe_seq, now), now)
+                jitter = (self._random(1)[0] / 255 - 0.5) * 2 * PROBE_JITTER
+                peer.next_probe_at = now + PROBE_INTERVAL * (1 + jitter)
+            up = peer.link_up(now)
+            if self._link_was_up.get(peer.node_id, False) != up:
+                self._link_was_up[peer.node_id] = up
+                self._events.append(NodeEvent("peer_up" if up else "peer_down", peer.node_id, peer.name))
+            if peer.pending is not None:
+                deadline = min(deadline, peer.pending.last_sent_at + REKEY_TIMEOUT)
+            elif session is None and peer.endpoints:
+                deadline = min(deadline, max(peer.next_attempt_at, now + 0.05))
+            if session is not None:
+                deadline = min(deadline, peer.next_probe_at)
+        if now >= self._next_gossip_at:
+            self._next_gossip_at = now + GOSSIP_INTERVAL
+            candidates = [p for p in self.peers.values() if p.send_session(now) is not None]
+            if candidates:
+                chosen = candidates[self._random(1)[0] % len(candidates)]
+                self._send_member_table(chosen, now)
+        self._next_deadline = max(now + 0.01, min(deadline, self._next_gossip_at))
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def status(self, now: float) -> dict[str, Any]:
+        cert = self.identity.certificate
+        peers = []
+        for peer in sorted(self.peers.values(), key=lambda p: p.name):
+            session = peer.send_session(now)
+            stats = peer.stats
+            if peer.link_up(now):
+                path = "direct"
+            elif peer.pending is not None:
+                path = "connecting"
+            else:
+                path = "unreachable"
+            endpoint = peer.current_endpoint
+            peers.append(
+                {
+                    "name": peer.name,
+                    "node_id": peer.node_id,
+                    "pop": peer.certificate.is_pop,
+                    "ip": str(peer.certificate.ip.ip) if peer.certificate.ip else None,
+                    "mac": format_mac(peer.certificate.mac),
+                    "path": path,
+                    "endpoint": f"{endpoint[0]}:{endpoint[1]}" if endpoint else None,
+                    "rtt_ms": round(stats.rtt * 1000, 3) if stats.rtt is not None else None,
+                    "rx_bytes": stats.rx_bytes,
+                    "tx_bytes": stats.tx_bytes,
+                    "rx_packets": stats.rx_packets,
+                    "tx_packets": stats.tx_packets,
+                    "handshakes": stats.handshakes,
+                    "session_age_s": round(session.age(now), 1) if session else None,
+                }
+            )
+        return {
+            "network": self.network.name,
+            "node": {
+                "name": cert.name,
+                "node_id": cert.node_id,
+                "pop": cert.is_pop,
+                "ip": str(cert.ip) if cert.ip else None,
+                "mac": format_mac(self.mac),
+                "mtu": self.mtu,
+            },
+            "peers": peers,
+            "drops": {reason.value: count for reason, count in sorted(self.drops.items(), key=lambda i: i[0].value)},
+            "learned_macs": len(self.mac_table),
+        }

@@ -1,0 +1,112 @@
+"""What a member keeps about each other member: certificate, endpoints, sessions,
+the handshake in flight, frames waiting for it, link measurements and counters.
+
+Sessions are held newest first (at most three: the one being confirmed, the one in
+use, the previous one still accepted while the other side switches). The session we
+send on is the newest *confirmed* one. Pure data plus small helpers; the protocol
+decisions are made by NodeCore.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from naas.core.constants import (
+    LINK_DOWN_AFTER_MISSES,
+    MAX_ENDPOINTS_PER_MEMBER,
+    MAX_QUEUED_FRAMES,
+    MAX_SESSIONS_PER_PEER,
+)
+from naas.core.handshake import InitiatorHandshake
+from naas.core.session import Session
+from naas.model.certificate import Certificate
+from naas.model.ids import Endpoint
+
+Address = tuple[str, int]
+
+
+@dataclass(slots=True)
+class PendingHandshake:
+    handshake: InitiatorHandshake
+    local_index: int
+    first_sent_at: float
+    last_sent_at: float
+
+
+@dataclass(slots=True)
+class LinkStats:
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    rtt: float | None = None  # smoothed, seconds
+    probes_sent: int = 0
+    probes_answered: int = 0
+    unanswered: int = 0  # consecutive probes without an answer
+    last_rx: float | None = None
+    handshakes: int = 0
+
+
+@dataclass(slots=True)
+class Peer:
+    certificate: Certificate
+    endpoints: list[Address] = field(default_factory=list)  # most recent first
+    current_endpoint: Address | None = None  # where authenticated packets last came from
+    sessions: list[Session] = field(default_factory=list)
+    pending: PendingHandshake | None = None
+    last_initiation_stamp: int = 0  # largest handshake timestamp accepted (anti-replay)
+    queue: deque[bytes] = field(default_factory=lambda: deque(maxlen=MAX_QUEUED_FRAMES))
+    next_probe_at: float = 0.0
+    next_attempt_at: float = 0.0  # earliest new handshake attempt (backoff)
+    attempt_backoff: float = 1.0
+    probe_seq: int = 0
+    stats: LinkStats = field(default_factory=LinkStats)
+
+    @property
+    def node_id(self) -> int:
+        return self.certificate.node_id
+
+    @property
+    def name(self) -> str:
+        return self.certificate.name
+
+    def send_session(self, now: float) -> Session | None:
+        for session in self.sessions:
+            if session.confirmed and session.usable(now):
+                return session
+        return None
+
+    def add_session(self, session: Session) -> list[Session]:
+        """Insert newest first; returns the sessions pushed out (to unindex)."""
+        self.sessions.insert(0, session)
+        dropped = self.sessions[MAX_SESSIONS_PER_PEER:]
+        del self.sessions[MAX_SESSIONS_PER_PEER:]
+        return dropped
+
+    def expire_sessions(self, now: float) -> list[Session]:
+        kept = [s for s in self.sessions if s.usable(now)]
+        dropped = [s for s in self.sessions if not s.usable(now)]
+        self.sessions = kept
+        return dropped
+
+    def note_endpoint(self, address: Address) -> bool:
+        """Remember an endpoint (most recent first); True if it was new."""
+        if self.endpoints and self.endpoints[0] == address:
+            return False
+        is_new = address not in self.endpoints
+        if not is_new:
+            self.endpoints.remove(address)
+        self.endpoints.insert(0, address)
+        del self.endpoints[MAX_ENDPOINTS_PER_MEMBER:]
+        return is_new
+
+    def link_up(self, now: float) -> bool:
+        """A direct link: a usable session and recent probes answered."""
+        return self.send_session(now) is not None and self.stats.unanswered < LINK_DOWN_AFTER_MISSES
+
+    def public_endpoints(self) -> tuple[Endpoint, ...]:
+        ordered = ([self.current_endpoint] if self.current_endpoint else []) + [
+            e for e in self.endpoints if e != self.current_endpoint
+        ]
+        return tuple(Endpoint(host, port) for host, port in ordered[:MAX_ENDPOINTS_PER_MEMBER])

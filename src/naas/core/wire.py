@@ -1,0 +1,179 @@
+"""Binary formats of the mesh (UDP) protocol; see docs/protocol.md.
+
+Every datagram starts with the same 12-byte outer header, the only part a relay
+reads: it forwards on ``dst_node`` and decrements ``hop_limit`` without decrypting.
+
+    0      1         2        4           8           12
+    | type | hop_lim | flags  | dst_node  | src_node  | type-specific ...
+
+    INITIATION (1): sender_index u32 | Noise IK message 1
+    RESPONSE   (2): sender_index u32 | receiver_index u32 | Noise IK message 2
+    DATA       (3): receiver_index u32 | counter u64 | AEAD(inner) incl. 16-byte tag
+
+The AEAD additional data of a DATA packet is bytes 4..24 (dst, src, receiver index,
+counter): everything of the header but the fields a relay may rewrite (hop limit).
+The decrypted ``inner`` starts with one kind byte: KEEPALIVE (empty), FRAME (an
+Ethernet frame) or CONTROL (a JSON control message, see core/control_messages.py).
+
+Parsers of bytes from the network end in ``_untrusted`` and raise ``BadPacket``
+carrying a ``DropReason``; callers turn it into a counted drop.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+# -- protocol constants -----------------------------------------------------------------
+
+PROTOCOL_NAME = b"Noise_IK_25519_AESGCM_SHA256"
+PROLOGUE_PREFIX = b"naas/1 "  # + network name: peers of other networks fail the handshake
+
+TYPE_INITIATION = 1
+TYPE_RESPONSE = 2
+TYPE_DATA = 3
+
+INNER_KEEPALIVE = 0
+INNER_FRAME = 1
+INNER_CONTROL = 2
+
+DEFAULT_HOP_LIMIT = 8
+
+# -- layouts (network byte order) ----------------------------------------------------------
+
+OUTER = struct.Struct("!BBHII")  # type, hop limit, flags (0), destination node, source node
+INITIATION_HEAD = struct.Struct("!I")  # sender index
+RESPONSE_HEAD = struct.Struct("!II")  # sender index, receiver index
+DATA_HEAD = struct.Struct("!IQ")  # receiver index, counter (also the AEAD nonce)
+HANDSHAKE_TIMESTAMP = struct.Struct("!Q")  # initiation payload prefix: wall clock, ms
+
+NOISE_KEY_LEN = 32
+NOISE_TAG_LEN = 16
+AEAD_TAG_LEN = 16
+INITIATION_NOISE_MIN = NOISE_KEY_LEN + (NOISE_KEY_LEN + NOISE_TAG_LEN) + NOISE_TAG_LEN
+RESPONSE_NOISE_MIN = NOISE_KEY_LEN + NOISE_TAG_LEN
+DATA_HEADER_LEN = OUTER.size + DATA_HEAD.size  # 24
+DATA_AAD_SLICE = slice(4, DATA_HEADER_LEN)
+# Bytes a DATA packet adds to an Ethernet frame: header, inner kind byte, AEAD tag.
+DATA_OVERHEAD = DATA_HEADER_LEN + 1 + AEAD_TAG_LEN  # 41
+UDP_HEADER_LEN = 8
+IPV4_HEADER_LEN = 20
+IPV6_HEADER_LEN = 40
+ETHERNET_HEADER_LEN = 14
+MAX_DATAGRAM = 65535
+
+
+def overlay_mtu(underlay_mtu: int, ipv6_underlay: bool = False) -> int:
+    """The naas0 MTU that fits one overlay frame in one underlay packet, exactly."""
+    ip_header = IPV6_HEADER_LEN if ipv6_underlay else IPV4_HEADER_LEN
+    return underlay_mtu - ip_header - UDP_HEADER_LEN - DATA_OVERHEAD - ETHERNET_HEADER_LEN
+
+
+class DropReason(enum.Enum):
+    """Why a datagram or frame was dropped; each has a counter in ``naas status``."""
+
+    TOO_SHORT = "too_short"
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_FLAGS = "bad_flags"
+    WRONG_DESTINATION = "wrong_destination"
+    HOP_LIMIT_EXCEEDED = "hop_limit_exceeded"
+    UNKNOWN_SENDER = "unknown_sender"
+    HANDSHAKE_FAILED = "handshake_failed"
+    BAD_CERTIFICATE = "bad_certificate"
+    STALE_INITIATION = "stale_initiation"
+    UNKNOWN_INDEX = "unknown_index"
+    DECRYPT_FAILED = "decrypt_failed"
+    REPLAYED = "replayed"
+    SESSION_EXPIRED = "session_expired"
+    BAD_INNER = "bad_inner"
+    BAD_CONTROL = "bad_control"
+    NO_ROUTE = "no_route"
+    QUEUE_FULL = "queue_full"
+    BAD_FRAME = "bad_frame"
+    FRAME_TOO_BIG = "frame_too_big"
+
+
+class BadPacket(Exception):
+    """Untrusted input that does not parse; always caught at the edge and counted."""
+
+    def __init__(self, reason: DropReason, detail: str = "") -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class OuterHeader:
+    type: int
+    hop_limit: int
+    dst_node: int
+    src_node: int
+
+
+def parse_outer_untrusted(datagram: bytes | memoryview) -> OuterHeader:
+    if len(datagram) < OUTER.size:
+        raise BadPacket(DropReason.TOO_SHORT, f"{len(datagram)} bytes")
+    kind, hop_limit, flags, dst, src = OUTER.unpack_from(datagram)
+    if kind not in (TYPE_INITIATION, TYPE_RESPONSE, TYPE_DATA):
+        raise BadPacket(DropReason.UNKNOWN_TYPE, str(kind))
+    if flags:
+        raise BadPacket(DropReason.BAD_FLAGS, hex(flags))
+    return OuterHeader(kind, hop_limit, dst, src)
+
+
+@dataclass(frozen=True, slots=True)
+class Initiation:
+    src_node: int
+    sender_index: int
+    noise_message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    src_node: int
+    sender_index: int
+    receiver_index: int
+    noise_message: bytes
+
+
+def pack_initiation(dst: int, src: int, sender_index: int, noise_message: bytes) -> bytes:
+    return (
+        OUTER.pack(TYPE_INITIATION, DEFAULT_HOP_LIMIT, 0, dst, src)
+        + INITIATION_HEAD.pack(sender_index)
+        + noise_message
+    )
+
+
+def parse_initiation_untrusted(datagram: bytes) -> Initiation:
+    start = OUTER.size + INITIATION_HEAD.size
+    if len(datagram) < start + INITIATION_NOISE_MIN:
+        raise BadPacket(DropReason.TOO_SHORT, "initiation")
+    (sender_index,) = INITIATION_HEAD.unpack_from(datagram, OUTER.size)
+    _, _, _, _, src = OUTER.unpack_from(datagram)
+    return Initiation(src, sender_index, bytes(datagram[start:]))
+
+
+def pack_response(dst: int, src: int, sender_index: int, receiver_index: int, noise_message: bytes) -> bytes:
+    return (
+        OUTER.pack(TYPE_RESPONSE, DEFAULT_HOP_LIMIT, 0, dst, src)
+        + RESPONSE_HEAD.pack(sender_index, receiver_index)
+        + noise_message
+    )
+
+
+def parse_response_untrusted(datagram: bytes) -> Response:
+    start = OUTER.size + RESPONSE_HEAD.size
+    if len(datagram) < start + RESPONSE_NOISE_MIN:
+        raise BadPacket(DropReason.TOO_SHORT, "response")
+    sender_index, receiver_index = RESPONSE_HEAD.unpack_from(datagram, OUTER.size)
+    _, _, _, _, src = OUTER.unpack_from(datagram)
+    return Response(src, sender_index, receiver_index, bytes(datagram[start:]))
+
+
+def pack_data_header(dst: int, src: int, receiver_index: int, counter: int) -> bytes:
+    return OUTER.pack(TYPE_DATA, DEFAULT_HOP_LIMIT, 0, dst, src) + DATA_HEAD.pack(receiver_index, counter)
+
+
+def with_hop_limit(datagram: bytes, hop_limit: int) -> bytes:
+    """The same datagram with a new hop limit (what a relay rewrites)."""
+    return datagram[:1] + bytes((hop_limit,)) + datagram[2:]

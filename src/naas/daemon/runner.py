@@ -1,0 +1,234 @@
+"""The agent: drives one NodeCore with a real TAP device and a real UDP socket.
+
+Theory of operation. asyncio watches two file descriptors. When naas0 is readable,
+a batch of frames is read and handed to ``NodeCore.tap_frames_received``; when the
+UDP socket is readable, a batch of datagrams goes to ``datagrams_received``. After
+each batch, ``_transmit()`` drains the core's effects: datagrams out in one batch,
+frames into naas0 in one batch, events to the log. One timer, re-armed to
+``NodeCore.next_deadline()``, runs handshake retransmission, rekeying and probes.
+Nothing here decides anything about the protocol; it only moves bytes and time.
+
+The member cache (members.json) is rewritten when membership changes, at most every
+few seconds, so a restart works with every PoP down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from naas.core.node import NodeCore, NodeEvent
+from naas.core.wire import overlay_mtu
+from naas.daemon import control, netconf
+from naas.daemon.state import NodeDir, write_file
+from naas.daemon.tap import LinuxTap
+from naas.daemon.udp import LinuxUdpSocket
+
+log = logging.getLogger("naas.agent")
+
+BATCH = 64  # frames or datagrams handled per wake-up, per direction
+CACHE_SAVE_INTERVAL = 5.0
+DEFAULT_INTERFACE = "naas0"
+
+
+class Agent:
+    def __init__(
+        self,
+        node_dir: NodeDir,
+        *,
+        interface: str = DEFAULT_INTERFACE,
+        listen_host: str = "0.0.0.0",
+    ) -> None:
+        self.node_dir = node_dir
+        self.interface = interface
+        self.listen_host = listen_host
+        self.core: NodeCore | None = None
+        self._tap: LinuxTap | None = None
+        self._udp: LinuxUdpSocket | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._stopped = asyncio.Event()
+        self._members_dirty = False
+        self._last_cache_save = 0.0
+        self._control: asyncio.AbstractServer | None = None
+        self.extra_status: Callable[[], dict[str, Any]] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        identity = self.node_dir.load_identity()
+        network = self.node_dir.load_network()
+        members = self.node_dir.load_members()
+        cert = identity.certificate
+        underlay_mtu = 1500
+        if network.pops:
+            underlay_mtu = netconf.route_mtu_to(network.pops[0].mesh_endpoint.host)
+        mtu = overlay_mtu(underlay_mtu, ipv6_underlay=":" in (network.pops[0].mesh_endpoint.host if network.pops else ""))
+        self._tap = LinuxTap.open(self.interface)
+        netconf.configure_interface(
+            self._tap.name,
+            mac=cert.mac,
+            mtu=mtu,
+            address=cert.ip if network.layer3 else None,
+        )
+        self._udp = LinuxUdpSocket.bind(self.listen_host, network.mesh_port)
+        now = loop.time()
+        self.core = NodeCore(
+            identity,
+            network,
+            random_bytes=os.urandom,
+            now=now,
+            wall_offset=time.time() - now,
+            mtu=mtu,
+            members=members,
+        )
+        loop.add_reader(self._tap.fileno(), self._tap_readable)
+        loop.add_reader(self._udp.fileno(), self._udp_readable)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        self._control = await control.serve(self.node_dir.socket_path, self._control_request)
+        write_file(self.node_dir.pid_path, f"{os.getpid()}\n".encode())
+        log.info(
+            "agent started name=%s node_id=%d interface=%s mtu=%d ip=%s listen=%s:%d members=%d",
+            cert.name, cert.node_id, self._tap.name, mtu, cert.ip, self.listen_host,
+            network.mesh_port, len(members),
+        )
+        self._arm_timer(now)
+
+    async def run(self) -> None:
+        await self.start()
+        try:
+            await self._stopped.wait()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def close(self) -> None:
+        loop = asyncio.get_event_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._control is not None:
+            self._control.close()
+        for device in (self._tap, self._udp):
+            if device is not None:
+                loop.remove_reader(device.fileno())
+                device.close()
+        self._tap = self._udp = None
+        if self.core is not None:
+            self._save_members(force=True)
+        self.node_dir.socket_path.unlink(missing_ok=True)
+        self.node_dir.pid_path.unlink(missing_ok=True)
+        log.info("agent stopped")
+
+    # -- I/O ----------------------------------------------------------------------------------
+
+    def _tap_readable(self) -> None:
+        assert self._tap is not None and self.core is not None
+        frames = self._tap.read_batch(BATCH)
+        if frames:
+            self.core.tap_frames_received(frames, asyncio.get_running_loop().time())
+            self._transmit()
+
+    def _udp_readable(self) -> None:
+        assert self._udp is not None and self.core is not None
+        datagrams = self._udp.receive_batch(BATCH)
+        if datagrams:
+            self.core.datagrams_received(datagrams, asyncio.get_running_loop().time())
+            self._transmit()
+
+    def _timer_fired(self) -> None:
+        assert self.core is not None
+        now = asyncio.get_running_loop().time()
+        self._timer = None
+        self.core.timer_fired(now)
+        self._transmit()
+        if self._members_dirty and now - self._last_cache_save >= CACHE_SAVE_INTERVAL:
+            self._save_members()
+        self._arm_timer(now)
+
+    def _arm_timer(self, now: float) -> None:
+        assert self.core is not None
+        deadline = self.core.next_deadline()
+        if self._members_dirty:
+            deadline = min(deadline, self._last_cache_save + CACHE_SAVE_INTERVAL)
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = max(deadline, now)
+        self._timer = asyncio.get_running_loop().call_at(self._timer_at, self._timer_fired)
+
+    def _transmit(self) -> None:
+        core = self.core
+        assert core is not None and self._udp is not None and self._tap is not None
+        datagrams = core.take_datagrams()
+        if datagrams:
+            self._udp.send_batch(datagrams)
+        frames = core.take_frames()
+        if frames:
+            self._tap.write_batch(frames)
+        events = core.take_events()
+        if events:
+            for event in events:
+                self._log_event(event)
+        self._arm_timer(asyncio.get_running_loop().time())
+
+    def _log_event(self, event: NodeEvent) -> None:
+        if event.kind in ("member_learned", "member_updated"):
+            self._members_dirty = True
+        log.info("%s peer=%s node_id=%d %s", event.kind, event.name, event.node_id, event.detail)
+
+    def _save_members(self, force: bool = False) -> None:
+        assert self.core is not None
+        if not (self._members_dirty or force):
+            return
+        try:
+            self.node_dir.save_members(self.core.member_records()[1:])
+        except OSError as exc:
+            log.warning("cannot save member cache: %s", exc)
+            return
+        self._members_dirty = False
+        self._last_cache_save = asyncio.get_event_loop().time()
+
+    def member_enrolled(self, certificate: Any) -> None:
+        """Called by a PoP's enrollment service in the same process."""
+        assert self.core is not None
+        self.core.member_enrolled(certificate, asyncio.get_running_loop().time())
+        self._members_dirty = True
+        self._transmit()
+
+    # -- control socket --------------------------------------------------------------------------
+
+    async def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.core is not None
+        cmd = request.get("cmd")
+        if cmd == "status":
+            status = self.core.status(asyncio.get_running_loop().time())
+            status["agent"] = {
+                "pid": os.getpid(),
+                "interface": self.interface,
+                "listen": f"{self.listen_host}:{self.core.network.mesh_port}",
+                "underlay_drops": getattr(self._udp, "send_errors", 0),
+            }
+            if self.extra_status is not None:
+                status.update(self.extra_status())
+            return {"ok": True, "status": status}
+        if cmd == "shutdown":
+            asyncio.get_running_loop().call_soon(self.stop)
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
