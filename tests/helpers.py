@@ -43,23 +43,40 @@ class Authority:
     def public(self) -> bytes:
         return ed25519_public(self.private)
 
-    def identity(self, name: str, node_id: int, ip: str | None = None, *, pop: bool = False,
-                 network: str = NETWORK, not_before: int = NOW_UNIX - 10) -> LocalIdentity:
+    def identity(
+        self,
+        name: str,
+        node_id: int,
+        ip: str | None = None,
+        *,
+        pop: bool = False,
+        network: str = NETWORK,
+        not_before: int = NOW_UNIX - 10,
+    ) -> LocalIdentity:
         rng = random.Random(f"{self.seed}-{name}-{node_id}-{not_before}")
         static_private, signing_private = rng.randbytes(32), rng.randbytes(32)
         cert = Certificate(
-            network=network, name=name, node_id=NodeId(node_id), is_pop=pop,
-            static_public=x25519_public(static_private), signing_public=ed25519_public(signing_private),
-            not_before=not_before, not_after=NOW_UNIX + 86400 * 365,
+            network=network,
+            name=name,
+            node_id=NodeId(node_id),
+            is_pop=pop,
+            static_public=x25519_public(static_private),
+            signing_public=ed25519_public(signing_private),
+            not_before=not_before,
+            not_after=NOW_UNIX + 86400 * 365,
             ip=IPv4Interface(ip) if ip else None,
         )
         from dataclasses import replace
+
         cert = replace(cert, signature=sign_certificate(self.private, cert))
         return LocalIdentity(cert, static_private, signing_private)
 
     def network(self, subnet: str | None = "10.77.0.0/16") -> NetworkInfo:
         return NetworkInfo(
-            name=NETWORK, mesh_port=5640, ca_public=self.public, pops=(),
+            name=NETWORK,
+            mesh_port=5640,
+            ca_public=self.public,
+            pops=(),
             subnet=IPv4Network(subnet) if subnet else None,
         )
 
@@ -86,10 +103,23 @@ class SimNet:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
 
-    def add(self, name: str, identity: LocalIdentity, network: NetworkInfo,
-            members: Iterable[MemberRecord] = (), mtu: int = 1400) -> NodeCore:
-        core = NodeCore(identity, network, random_bytes=SeededRandom(hash(name) & 0xFFFF),
-                        now=self.now, wall_offset=NOW_UNIX - self.now, mtu=mtu, members=members)
+    def add(
+        self,
+        name: str,
+        identity: LocalIdentity,
+        network: NetworkInfo,
+        members: Iterable[MemberRecord] = (),
+        mtu: int = 1400,
+    ) -> NodeCore:
+        core = NodeCore(
+            identity,
+            network,
+            random_bytes=SeededRandom(hash(name) & 0xFFFF),
+            now=self.now,
+            wall_offset=NOW_UNIX - self.now,
+            mtu=mtu,
+            members=members,
+        )
         self.cores[name] = core
         self.addresses[self.address_of(name)] = name
         self.delivered_frames[name] = []

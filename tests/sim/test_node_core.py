@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import random
 
-from helpers import NETWORK, SimNet, Authority
-
+from helpers import NETWORK, Authority, SimNet
 from naas.core.wire import DropReason
 from naas.model.ids import BROADCAST_MAC, mac_for_node
 
@@ -194,4 +193,4 @@ def test_layer2_mode_answers_nothing_locally() -> None:
     alpha.tap_frames_received([frame], net.now)
     assert alpha.take_frames() == []
     assert len(alpha.take_datagrams()) == 2, "ARP is flooded to both members"
-    assert NETWORK == alpha.network.name
+    assert alpha.network.name == NETWORK

@@ -54,8 +54,11 @@ def cmd_join(args: argparse.Namespace) -> int:
     node_dir.save_members(list(result.members))
     node_dir.save_membership(certificate_to_dict(result.certificate), result.network)
     cert = result.certificate
-    say(f"enrolled in {result.network.name!r} as {cert.name!r} (node {cert.node_id}"
-        + (f", {cert.ip.ip}" if cert.ip else ", layer 2 only") + ")")
+    say(
+        f"enrolled in {result.network.name!r} as {cert.name!r} (node {cert.node_id}"
+        + (f", {cert.ip.ip}" if cert.ip else ", layer 2 only")
+        + ")"
+    )
     if args.foreground:
         return run_agent(node_dir, args.interface)
     start_agent(node_dir, args.interface, state_dir)
@@ -70,7 +73,16 @@ def start_agent(node_dir: NodeDir, interface: str, state_dir: Path) -> None:
     node_dir.path.mkdir(parents=True, exist_ok=True)
     with open(node_dir.log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "naas", "agent", "--node-dir", str(node_dir.path), "--interface", interface],
+            [
+                sys.executable,
+                "-m",
+                "naas",
+                "agent",
+                "--node-dir",
+                str(node_dir.path),
+                "--interface",
+                interface,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,
@@ -199,10 +211,18 @@ def format_status(status: dict[str, Any]) -> str:
     rows = [header]
     for peer in status["peers"]:
         rtt = f"{peer['rtt_ms']:.2f} ms" if peer["rtt_ms"] is not None else "-"
-        rows.append((
-            peer["name"], "pop" if peer["pop"] else "member", peer["ip"] or "-", peer["path"],
-            peer["endpoint"] or "-", rtt, _bytes(peer["rx_bytes"]), _bytes(peer["tx_bytes"]),
-        ))
+        rows.append(
+            (
+                peer["name"],
+                "pop" if peer["pop"] else "member",
+                peer["ip"] or "-",
+                peer["path"],
+                peer["endpoint"] or "-",
+                rtt,
+                _bytes(peer["rx_bytes"]),
+                _bytes(peer["tx_bytes"]),
+            )
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     lines += ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     drops = {k: v for k, v in status.get("drops", {}).items() if v}
@@ -249,7 +269,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     common(status)
     status.set_defaults(func=cmd_status)
 
-    agent = sub.add_parser("agent", help=argparse.SUPPRESS)
+    agent = sub.add_parser("agent", help="run the agent of one membership in the foreground (used by up)")
     agent.add_argument("--node-dir", required=True)
     agent.add_argument("--interface", default=DEFAULT_INTERFACE)
     agent.set_defaults(func=cmd_agent)

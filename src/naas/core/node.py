@@ -58,7 +58,7 @@ from naas.core.control_messages import (
 from naas.core.crypto import certificate_problem
 from naas.core.ethernet import clamp_tcp_mss
 from naas.core.handshake import HandshakeError, InitiatorHandshake, ResponderHandshake
-from naas.core.peer import Address, PendingHandshake, Peer
+from naas.core.peer import Address, Peer, PendingHandshake
 from naas.core.session import Session
 from naas.core.switch import MacTable
 from naas.core.wire import (
@@ -84,7 +84,7 @@ from naas.core.wire import (
 )
 from naas.model.certificate import Certificate
 from naas.model.codec import CodecError, certificate_from_bytes_untrusted, certificate_to_bytes
-from naas.model.ids import format_mac, mac_for_node
+from naas.model.ids import NodeId, format_mac, mac_for_node
 from naas.model.network import MemberRecord, NetworkInfo
 
 _KEEPALIVE = bytes((INNER_KEEPALIVE,))
@@ -224,7 +224,7 @@ class NodeCore:
             node = self._ip_to_node.get(request.target_ip)
             if request.op != 1 or node is None or node == self.node_id:
                 return False
-            self._frames_out.append(arp.build_arp_reply(request, mac_for_node(node)))
+            self._frames_out.append(arp.build_arp_reply(request, mac_for_node(NodeId(node))))
             return True
         if multicast and ethertype == _ETHERTYPE_IPV4 and self._dhcp is not None:
             try:
@@ -543,10 +543,15 @@ class NodeCore:
                 elif now - pending.last_sent_at >= REKEY_TIMEOUT:
                     self._initiate(peer, now)
             session = peer.send_session(now)
-            if peer.pending is None and peer.endpoints and now >= peer.next_attempt_at and (
-                session is None
-                or session.wants_rekey(now)
-                or peer.stats.unanswered >= 2 * LINK_DOWN_AFTER_MISSES
+            if (
+                peer.pending is None
+                and peer.endpoints
+                and now >= peer.next_attempt_at
+                and (
+                    session is None
+                    or session.wants_rekey(now)
+                    or peer.stats.unanswered >= 2 * LINK_DOWN_AFTER_MISSES
+                )
             ):
                 self._initiate(peer, now)
                 peer.stats.unanswered = min(peer.stats.unanswered, LINK_DOWN_AFTER_MISSES)
@@ -619,6 +624,8 @@ class NodeCore:
                 "mtu": self.mtu,
             },
             "peers": peers,
-            "drops": {reason.value: count for reason, count in sorted(self.drops.items(), key=lambda i: i[0].value)},
+            "drops": {
+                reason.value: count for reason, count in sorted(self.drops.items(), key=lambda i: i[0].value)
+            },
             "learned_macs": len(self.mac_table),
         }

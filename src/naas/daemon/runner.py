@@ -28,6 +28,8 @@ from naas.daemon import control, netconf
 from naas.daemon.state import NodeDir, write_file
 from naas.daemon.tap import LinuxTap
 from naas.daemon.udp import LinuxUdpSocket
+from naas.model.certificate import Certificate
+from naas.model.network import NetworkInfo
 
 log = logging.getLogger("naas.agent")
 
@@ -66,17 +68,8 @@ class Agent:
         network = self.node_dir.load_network()
         members = self.node_dir.load_members()
         cert = identity.certificate
-        underlay_mtu = 1500
-        if network.pops:
-            underlay_mtu = netconf.route_mtu_to(network.pops[0].mesh_endpoint.host)
-        mtu = overlay_mtu(underlay_mtu, ipv6_underlay=":" in (network.pops[0].mesh_endpoint.host if network.pops else ""))
-        self._tap = LinuxTap.open(self.interface)
-        netconf.configure_interface(
-            self._tap.name,
-            mac=cert.mac,
-            mtu=mtu,
-            address=cert.ip if network.layer3 else None,
-        )
+        # pyroute2's synchronous API runs an event loop of its own: call it from a thread
+        mtu = await asyncio.to_thread(self._configure_interface, network, cert)
         self._udp = LinuxUdpSocket.bind(self.listen_host, network.mesh_port)
         now = loop.time()
         self.core = NodeCore(
@@ -96,13 +89,36 @@ class Agent:
         write_file(self.node_dir.pid_path, f"{os.getpid()}\n".encode())
         log.info(
             "agent started name=%s node_id=%d interface=%s mtu=%d ip=%s listen=%s:%d members=%d",
-            cert.name, cert.node_id, self._tap.name, mtu, cert.ip, self.listen_host,
-            network.mesh_port, len(members),
+            cert.name,
+            cert.node_id,
+            self._tap.name,
+            mtu,
+            cert.ip,
+            self.listen_host,
+            network.mesh_port,
+            len(members),
         )
         self._arm_timer(now)
 
+    def _configure_interface(self, network: NetworkInfo, cert: Certificate) -> int:
+        """Open naas0 and set its MAC, MTU and address; returns the MTU."""
+        underlay_mtu, ipv6 = 1500, False
+        if network.pops:
+            host = network.pops[0].mesh_endpoint.host
+            underlay_mtu, ipv6 = netconf.route_mtu_to(host), ":" in host
+        mtu = overlay_mtu(underlay_mtu, ipv6_underlay=ipv6)
+        self._tap = LinuxTap.open(self.interface)
+        netconf.configure_interface(
+            self._tap.name, mac=cert.mac, mtu=mtu, address=cert.ip if network.layer3 else None
+        )
+        return mtu
+
     async def run(self) -> None:
         await self.start()
+        await self.run_until_stopped()
+
+    async def run_until_stopped(self) -> None:
+        """After start(): serve until stop() (SIGTERM, SIGINT, or `naas down`)."""
         try:
             await self._stopped.wait()
         finally:
@@ -216,7 +232,8 @@ class Agent:
                 "pid": os.getpid(),
                 "interface": self.interface,
                 "listen": f"{self.listen_host}:{self.core.network.mesh_port}",
-                "underlay_drops": getattr(self._udp, "send_errors", 0),
+                "udp_send_drops": {k.value: v for k, v in self._udp.drops.items()} if self._udp else {},
+                "tap_write_drops": {k.value: v for k, v in self._tap.drops.items()} if self._tap else {},
             }
             if self.extra_status is not None:
                 status.update(self.extra_status())

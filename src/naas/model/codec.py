@@ -102,7 +102,9 @@ def certificate_from_dict(obj: Any, where: str = "certificate") -> Certificate:
         node_id=NodeId(node_id),
         is_pop=_get(obj, "is_pop", bool, where),
         static_public=b64d(_get(obj, "static_public", str, where), length=32, field=f"{where}.static_public"),
-        signing_public=b64d(_get(obj, "signing_public", str, where), length=32, field=f"{where}.signing_public"),
+        signing_public=b64d(
+            _get(obj, "signing_public", str, where), length=32, field=f"{where}.signing_public"
+        ),
         not_before=_get(obj, "not_before", int, where),
         not_after=_get(obj, "not_after", int, where),
         ip=ip,

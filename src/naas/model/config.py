@@ -117,7 +117,11 @@ def _key_of(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
     node: Any = raw
     for item in loc:
         if isinstance(item, int):
-            name = node[item].get("name") if isinstance(node, list) and item < len(node) and isinstance(node[item], dict) else None
+            name = (
+                node[item].get("name")
+                if isinstance(node, list) and item < len(node) and isinstance(node[item], dict)
+                else None
+            )
             parts[-1] += f"[{name!r}]" if isinstance(name, str) else f"[{item}]"
         else:
             parts.append(str(item))
@@ -138,7 +142,7 @@ def parse_config(text: str, source: str = "naas.toml") -> NetworkConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = _key_of(tuple(first["loc"]), raw)
-        message = first["msg"]
+        message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown key"
         elif first["type"] == "missing":
@@ -177,16 +181,19 @@ def _check(model: _ConfigFile, source: str) -> NetworkConfig:
             raise fail(f"pop[{pop.name!r}].address", "address used by two PoPs")
         pop_addresses.add(pop.address)
 
-    dhcp_first = dhcp_last = None
+    dhcp_first: IPv4Address | None = None
+    dhcp_last: IPv4Address | None = None
     subnet = net.subnet
     if subnet is None:
         for key, value in (("dhcp_range", net.dhcp_range), ("gateway", net.gateway)):
             if value is not None:
                 raise fail(f"network.{key}", "needs network.subnet (pure layer 2 has no addresses)")
-        for entry in (*model.pop, *model.client):
-            if entry.ip is not None:
-                section = "pop" if isinstance(entry, PopSection) else "client"
-                raise fail(f"{section}[{entry.name!r}].ip", "needs network.subnet")
+        fixed = [("pop", p.name) for p in model.pop if p.ip] + [
+            ("client", c.name) for c in model.client if c.ip
+        ]
+        if fixed:
+            section, name = fixed[0]
+            raise fail(f"{section}[{name!r}].ip", "needs network.subnet")
     else:
         if subnet.prefixlen > 30:
             raise fail("network.subnet", "too small: use a /30 or larger")
@@ -203,7 +210,9 @@ def _check(model: _ConfigFile, source: str) -> NetworkConfig:
                 dhcp_first = IPv4Address(first_text.strip())
                 dhcp_last = IPv4Address(last_text.strip())
             except ValueError:
-                raise fail("network.dhcp_range", "expected 'FIRST-LAST', e.g. 172.32.1.10-172.32.1.250") from None
+                raise fail(
+                    "network.dhcp_range", "expected FIRST-LAST, e.g. 172.32.1.10-172.32.1.250"
+                ) from None
             for address in (dhcp_first, dhcp_last):
                 if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
                     raise fail("network.dhcp_range", f"{address} is not a host address of subnet {subnet}")

@@ -1,0 +1,127 @@
+"""`naas demo`: the user's story, end to end, in network namespaces on this machine.
+
+Sites onprem, aws and alibaba are separate underlay subnets joined by a router; the
+PoPs master and slave sit on-prem; five clients are spread over the sites. The demo
+runs the real commands (init, pop, invite, naas-enrollment on every client), checks
+that every member pings every other over naas0, point to point, prints what happened
+and removes the lab (``--keep`` leaves it up; ``naas demo down`` removes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from naas.cli.common import CliError, say
+from naas.lab.netns import Lab, LabError, remove_saved_labs
+from naas.lab.story import DEMO_HOSTS, DEMO_SITES, NETWORK, POPS, Story, StoryError
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.action == "down":
+        removed = remove_saved_labs()
+        say(f"removed {len(removed)} namespace(s)" if removed else "no kept lab to remove")
+        return 0
+    if os.geteuid() != 0:
+        raise CliError("naas demo builds network namespaces: run it as root")
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="naas-demo-"))
+    lab = Lab(hosts=DEMO_HOSTS, sites=DEMO_SITES)
+    story = Story(lab, workdir)
+    ok = False
+    try:
+        lab.start()
+        ok = _run(story, lab)
+    except (LabError, StoryError) as exc:
+        raise CliError(f"demo failed: {exc} (logs in {workdir})") from None
+    finally:
+        if args.keep:
+            lab.keep()
+            say(f"\nthe lab is kept: `ip netns exec {lab.prefix}desktop bash` to explore, "
+                f"state in {workdir}; remove it with `naas demo down`")
+        else:
+            story.close()
+            lab.close()
+            if ok:
+                shutil.rmtree(workdir, ignore_errors=True)
+    say(f"\ndemo {'passed' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s")
+    return 0 if ok else 1
+
+
+def _step(title: str) -> None:
+    say(f"\n== {title}")
+
+
+def _run(story: Story, lab: Lab) -> bool:
+    _step("underlay: three sites joined by a router")
+    for site in lab.sites.values():
+        hosts = [f"{h.name} {h.address}" for h in lab.hosts.values() if h.site.name == site.name]
+        say(f"  {site.name:<8} {site.subnet}  " + ", ".join(hosts))
+
+    _step(f"one config file: {story.config_path}")
+    story.write_config()
+    say("  " + story.config_path.read_text().replace("\n", "\n  ").rstrip())
+
+    _step("naas init (on master), state copied to slave")
+    say("  " + story.init().strip().replace("\n", "\n  "))
+
+    _step("PoPs master and slave start")
+    for pop in POPS:
+        story.start_pop(pop)
+        say(f"  naas pop --name {pop}: enrollment https://{lab.host(pop).address}:5641, mesh udp/5640")
+
+    _step("naas invite: one single-use URL per client")
+    for client, url in story.invite().items():
+        say(f"  {client:<10} {url[:72]}...")
+
+    _step("naas-enrollment <URL> on each client")
+    for client in story.clients:
+        result = story.enroll(client)
+        if result.returncode != 0:
+            raise StoryError(f"naas-enrollment on {client}: {result.stderr.strip()}")
+        lines = [line for line in result.stdout.splitlines() if line.strip()]
+        say(f"  {client:<10} {story.enroll_seconds[client]:4.1f} s  {lines[-1] if lines else ''}")
+
+    _step("naas0 on every host")
+    for host in lab.hosts:
+        addr = lab.host(host).run(["ip", "-br", "-4", "addr", "show", "dev", "naas0"]).stdout.split()
+        say(f"  {host:<10} underlay {lab.host(host).address}  overlay {' '.join(addr[2:]) or '-'}")
+
+    _step("every member pings every other over naas0")
+    matrix = story.ping_matrix()
+    failed = [pair for pair, rtt in matrix.items() if rtt is None]
+    rtts = [rtt for rtt in matrix.values() if rtt is not None]
+    say(f"  {len(rtts)}/{len(matrix)} pairs answered"
+        + (f", RTT {min(rtts):.2f}-{max(rtts):.2f} ms" if rtts else ""))
+    for source, target in failed:
+        say(f"  NO ANSWER {source} -> {target}")
+
+    _step("point to point: paths seen by desktop (`naas status`)")
+    result = story.naas("desktop", "status", "--network", NETWORK)
+    say("  " + result.stdout.strip().replace("\n", "\n  "))
+    direct = _all_direct(story)
+    say(f"  every client reaches every other client directly: {'yes' if direct else 'NO'}")
+    return not failed and direct
+
+
+def _all_direct(story: Story) -> bool:
+    """Each client's status shows every other member on a direct path at its own endpoint."""
+    addresses = {name: str(host.address) for name, host in story.lab.hosts.items()}
+    for client in story.clients:
+        for peer in story.status(client)["peers"]:
+            endpoint = peer["endpoint"] or ""
+            if peer["path"] != "direct" or endpoint.split(":")[0] != addresses[peer["name"]]:
+                return False
+    return True
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser("demo", help="the whole story in network namespaces (root)")
+    demo.add_argument("action", nargs="?", choices=["run", "down"], default="run",
+                      help="run (default) or down: remove a lab kept with --keep")
+    demo.add_argument("--keep", action="store_true", help="leave the lab up to explore")
+    demo.set_defaults(func=cmd_demo)
