@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 from ipaddress import IPv4Address
@@ -38,18 +41,27 @@ def test_clients_talk_point_to_point(enrolled_story: Story) -> None:
             assert peer["path"] == "direct", (client, peer)
             assert peer["endpoint"] == f"{addresses[peer['name']]}:5640", (client, peer)
             assert peer["rtt_ms"] is not None
-    # a client<->client ping adds no traffic at the PoPs beyond their own probes
-    before = {pop: _pop_bytes(story, pop) for pop in ("master", "slave")}
+    # the encrypted pings reach ali-db-1 straight from aws-web-1's underlay address
+    receiver = story.lab.host("ali-db-1")
+    capture = receiver.popen(
+        ["tcpdump", "-i", "eth0", "-n", "-l", "-c", "400", "udp", "port", "5640", "and", "inbound"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    time.sleep(1.0)
+    pinger = story.lab.host("aws-web-1")
     target = story.overlay_ip("ali-db-1")
-    assert story.ping("aws-web-1", target, count=20, wait=2) is not None
-    after = {pop: _pop_bytes(story, pop) for pop in ("master", "slave")}
-    for pop in before:
-        # 20 pings of 84 bytes would add > 3 KB per direction if relayed; probes add ~1 KB
-        assert after[pop] - before[pop] < 2500, (pop, before[pop], after[pop])
-
-
-def _pop_bytes(story: Story, pop: str) -> int:
-    return sum(p["rx_bytes"] + p["tx_bytes"] for p in story.status(pop)["peers"])
+    result = pinger.run(["ping", "-c", "30", "-i", "0.1", "-s", "1200", target], timeout=30)
+    assert result.returncode == 0, result.stdout
+    time.sleep(0.3)
+    capture.terminate()
+    lines, _ = capture.communicate(timeout=10)
+    # an encrypted 1200-byte echo request: ICMP 8 + IP 20 + Ethernet 14 + NaaS overhead 41
+    echo_size = f"length {1200 + 8 + 20 + 14 + 41}"
+    senders = [
+        line.split()[2].rsplit(".", 1)[0] for line in lines.splitlines() if line.endswith(echo_size)
+    ]
+    assert senders.count(addresses["aws-web-1"]) >= 30, lines
+    assert set(senders) == {addresses["aws-web-1"]}, "pings came straight from the sender"
 
 
 def test_underlay_capture_has_no_plaintext(enrolled_story: Story) -> None:
@@ -121,3 +133,43 @@ def test_down_and_up(enrolled_story: Story) -> None:
     assert story.ping("ali-db-1", story.overlay_ip("desktop"), count=3) is not None
     status = json.loads(story.naas("ali-db-1", "status", "--json").stdout)
     assert status["network"] == NETWORK
+
+
+DHCP_SCRIPT = """#!/bin/sh
+# records what the stock DHCP client was told; applies the address on "bound"
+env | grep -E '^(ip|new_ip_address|subnet|mask|new_subnet_mask|router|mtu|new_interface_mtu|reason)=' \\
+    | sort > "@OUT@.$1${reason:+.$reason}"
+case "$1$reason" in bound|BOUND|REBOOT) ip addr replace "${ip:-$new_ip_address}/16" dev naas0 ;; esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("client", ["udhcpc", "dhclient"])
+def test_stock_dhcp_client_gets_the_enrolled_address(enrolled_story: Story, client: str) -> None:
+    story = enrolled_story
+    host = story.lab.host("aws-web-1")
+    enrolled = story.overlay_ip("aws-web-1")
+    out = story.workdir / f"dhcp-{client}"
+    script = story.workdir / f"dhcp-script-{client}.sh"  # dhclient clears the environment
+    script.write_text(DHCP_SCRIPT.replace("@OUT@", str(out)))
+    script.chmod(0o755)
+    assert host.run(["ip", "addr", "flush", "dev", "naas0"]).returncode == 0
+    if client == "udhcpc":
+        argv = ["udhcpc", "-i", "naas0", "-n", "-q", "-f", "-t", "5", "-T", "1", "-s", str(script)]
+    else:
+        lease = story.workdir / "dhclient.leases"
+        # dhclient backgrounds itself once bound; its pid file lets us stop it
+        argv = ["dhclient", "-1", "-sf", str(script), "-lf", str(lease),
+                "-pf", str(story.workdir / "dhclient.pid"), "naas0"]
+    result = host.run(argv, timeout=40)
+    pid_file = story.workdir / "dhclient.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+    assert result.returncode == 0, result.stderr
+    recorded = "".join(p.read_text() for p in story.workdir.glob(f"dhcp-{client}.*"))
+    assert f"={enrolled}\n" in recorded, recorded
+    assert "mtu=1417" in recorded or "new_interface_mtu=1417" in recorded, recorded
+    shown = host.run(["ip", "-4", "-o", "addr", "show", "dev", "naas0"]).stdout
+    assert f"inet {enrolled}/16" in shown
+    assert story.ping("aws-web-1", story.overlay_ip("desktop")) is not None
