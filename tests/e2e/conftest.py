@@ -1,7 +1,7 @@
 """Fixtures for the end-to-end tests: a lab running the user's story.
 
-    onprem 10.100.1.0/24: master, slave, desktop      aws 10.100.2.0/24: aws-web-1
-    alibaba 10.100.3.0/24: ali-db-1                   (one router joins the sites)
+onprem 10.100.1.0/24: master, slave, desktop      aws 10.100.2.0/24: aws-web-1
+alibaba 10.100.3.0/24: ali-db-1                   (one router joins the sites)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Enrollment when things go wrong, and PoPs that restart or go missing.
 
-    onprem: master, slave, desktop      aws: aws-web-1, aws-web-2
+onprem: master, slave, desktop      aws: aws-web-1, aws-web-2
 """
 
 from __future__ import annotations

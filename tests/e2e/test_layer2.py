@@ -65,20 +65,41 @@ def test_namespace_bridged_behind_a_member_is_reachable(story: Story) -> None:
     subprocess.run(["ip", "netns", "add", vm], check=True)
     try:
         subprocess.run(
-            ["ip", "link", "add", "vmport", "netns", desktop, "type", "veth", "peer", "name", "vm0", "netns", vm],
+            [
+                "ip",
+                "link",
+                "add",
+                "vmport",
+                "netns",
+                desktop,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "vm0",
+                "netns",
+                vm,
+            ],
             check=True,
         )
-        sh(story, "desktop",
-           "ip link add br0 type bridge", "ip link set naas0 master br0", "ip link set vmport master br0",
-           "ip link set vmport up", "ip link set br0 up")
+        sh(
+            story,
+            "desktop",
+            "ip link add br0 type bridge",
+            "ip link set naas0 master br0",
+            "ip link set vmport master br0",
+            "ip link set vmport up",
+            "ip link set br0 up",
+        )
         vm_run = ["ip", "netns", "exec", vm]
         subprocess.run([*vm_run, "ip", "addr", "add", "192.168.50.100/24", "dev", "vm0"], check=True)
         subprocess.run([*vm_run, "ip", "link", "set", "vm0", "mtu", "1400", "up"], check=True)
         if story.lab.host("aws-web-1").run(["ip", "-4", "-o", "addr", "show", "dev", "naas0"]).stdout == "":
             sh(story, "aws-web-1", "ip addr add 192.168.50.2/24 dev naas0")
         assert story.ping("aws-web-1", "192.168.50.100", count=3, wait=3) is not None
-        vm_mac = subprocess.run([*vm_run, "cat", "/sys/class/net/vm0/address"],
-                                capture_output=True, text=True, check=True).stdout.strip()
+        vm_mac = subprocess.run(
+            [*vm_run, "cat", "/sys/class/net/vm0/address"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         neighbours = story.lab.host("aws-web-1").run(["ip", "neigh", "show", "192.168.50.100"]).stdout
         assert vm_mac in neighbours, "the VM answered with its own MAC"
         assert story.status("aws-web-1")["learned_macs"] >= 1

@@ -45,7 +45,9 @@ def test_clients_talk_point_to_point(enrolled_story: Story) -> None:
     receiver = story.lab.host("ali-db-1")
     capture = receiver.popen(
         ["tcpdump", "-i", "eth0", "-n", "-l", "-c", "400", "udp", "port", "5640", "and", "inbound"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     time.sleep(1.0)
     pinger = story.lab.host("aws-web-1")
@@ -57,9 +59,7 @@ def test_clients_talk_point_to_point(enrolled_story: Story) -> None:
     lines, _ = capture.communicate(timeout=10)
     # an encrypted 1200-byte echo request: ICMP 8 + IP 20 + Ethernet 14 + NaaS overhead 41
     echo_size = f"length {1200 + 8 + 20 + 14 + 41}"
-    senders = [
-        line.split()[2].rsplit(".", 1)[0] for line in lines.splitlines() if line.endswith(echo_size)
-    ]
+    senders = [line.split()[2].rsplit(".", 1)[0] for line in lines.splitlines() if line.endswith(echo_size)]
     assert senders.count(addresses["aws-web-1"]) >= 30, lines
     assert set(senders) == {addresses["aws-web-1"]}, "pings came straight from the sender"
 
@@ -70,7 +70,8 @@ def test_underlay_capture_has_no_plaintext(enrolled_story: Story) -> None:
     host = story.lab.host("desktop")
     capture = host.popen(
         ["tcpdump", "-i", "eth0", "-U", "-w", "-", "-c", "200", "udp", "port", "5640"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     time.sleep(1.0)
     target = story.overlay_ip("aws-web-1")
@@ -82,8 +83,11 @@ def test_underlay_capture_has_no_plaintext(enrolled_story: Story) -> None:
     assert len(data) > 1000, "the capture saw the encrypted pings"
     assert bytes.fromhex(marker) not in data
     # and the same marker is visible inside naas0 (so the test would catch plaintext)
-    inside = host.popen(["tcpdump", "-i", "naas0", "-U", "-w", "-", "-c", "4", "icmp"],
-                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    inside = host.popen(
+        ["tcpdump", "-i", "naas0", "-U", "-w", "-", "-c", "4", "icmp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.0)
     host.run(["ping", "-c", "3", "-i", "0.2", "-p", marker, "-s", "200", target], timeout=20)
     inside_data, _ = inside.communicate(timeout=10)
@@ -124,12 +128,14 @@ def test_status_reports_drops_of_garbage_and_survives(enrolled_story: Story) -> 
 
 def test_down_and_up(enrolled_story: Story) -> None:
     story = enrolled_story
-    down = story.naas("ali-db-1", "down")
+    down = story.naas("ali-db-1", "down", "--json")
     assert down.returncode == 0, down.stderr
+    assert json.loads(down.stdout)["stopped"] is True
     link = story.lab.host("ali-db-1").run(["ip", "link", "show", "naas0"])
     assert link.returncode != 0, "naas0 is gone while the agent is down"
-    up = story.naas("ali-db-1", "up")
+    up = story.naas("ali-db-1", "up", "--json")
     assert up.returncode == 0, up.stderr
+    assert json.loads(up.stdout)["started"] is True
     assert story.ping("ali-db-1", story.overlay_ip("desktop"), count=3) is not None
     status = json.loads(story.naas("ali-db-1", "status", "--json").stdout)
     assert status["network"] == NETWORK
@@ -159,8 +165,17 @@ def test_stock_dhcp_client_gets_the_enrolled_address(enrolled_story: Story, clie
     else:
         lease = story.workdir / "dhclient.leases"
         # dhclient backgrounds itself once bound; its pid file lets us stop it
-        argv = ["dhclient", "-1", "-sf", str(script), "-lf", str(lease),
-                "-pf", str(story.workdir / "dhclient.pid"), "naas0"]
+        argv = [
+            "dhclient",
+            "-1",
+            "-sf",
+            str(script),
+            "-lf",
+            str(lease),
+            "-pf",
+            str(story.workdir / "dhclient.pid"),
+            "naas0",
+        ]
     result = host.run(argv, timeout=40)
     pid_file = story.workdir / "dhclient.pid"
     if pid_file.exists():

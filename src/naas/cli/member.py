@@ -65,11 +65,18 @@ def cmd_join(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_agent(node_dir: NodeDir, interface: str, state_dir: Path) -> None:
+def start_agent(node_dir: NodeDir, interface: str, state_dir: Path, quiet: bool = False) -> dict[str, Any]:
     """Start the agent detached and wait until naas0 is up (with its address)."""
+    cert = node_dir.load_identity().certificate
+    info: dict[str, Any] = {
+        "name": cert.name,
+        "interface": interface,
+        "ip": str(cert.ip) if cert.ip else None,
+    }
     if agent_running(node_dir):
-        say(f"agent already running (pid {read_pid(node_dir)})")
-        return
+        if not quiet:
+            say(f"agent already running (pid {read_pid(node_dir)})")
+        return {**info, "pid": read_pid(node_dir), "started": False}
     node_dir.path.mkdir(parents=True, exist_ok=True)
     with open(node_dir.log_path, "ab") as log_file:
         process = subprocess.Popen(
@@ -89,7 +96,6 @@ def start_agent(node_dir: NodeDir, interface: str, state_dir: Path) -> None:
             start_new_session=True,
             env={**os.environ, "NAAS_STATE_DIR": str(state_dir)},
         )
-    cert = node_dir.load_identity().certificate
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -102,8 +108,9 @@ def start_agent(node_dir: NodeDir, interface: str, state_dir: Path) -> None:
             else:
                 if cert.ip is None or cert.ip in netconf.interface_addresses(interface):
                     where = f" with {cert.ip}" if cert.ip else " (layer 2 only)"
-                    say(f"{interface} is up{where}; agent pid {process.pid}, log {node_dir.log_path}")
-                    return
+                    if not quiet:
+                        say(f"{interface} is up{where}; agent pid {process.pid}, log {node_dir.log_path}")
+                    return {**info, "pid": process.pid, "started": True}
         time.sleep(0.1)
     raise CliError(f"the agent did not come up within {READY_TIMEOUT:.0f} s; see {node_dir.log_path}")
 
@@ -161,13 +168,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     node_dir = member_dir(state_dir, args.network)
     if args.foreground:
         return run_agent(node_dir, args.interface)
-    start_agent(node_dir, args.interface, state_dir)
+    info = start_agent(node_dir, args.interface, state_dir, quiet=args.json)
+    if args.json:
+        print(json.dumps(info, sort_keys=True))
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     node_dir = member_dir(state_dir_of(args.state_dir), args.network)
-    if not stop_agent(node_dir):
+    pid = read_pid(node_dir)
+    stopped = stop_agent(node_dir, quiet=args.json)
+    if args.json:
+        print(json.dumps({"stopped": stopped, "pid": pid if stopped else None}))
+    elif not stopped:
         say("agent was not running")
     return 0
 
@@ -257,10 +270,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     up = sub.add_parser("up", help="start the agent from saved state")
     up.add_argument("--foreground", action="store_true")
     up.add_argument("--interface", default=DEFAULT_INTERFACE)
+    up.add_argument("--json", action="store_true")
     common(up)
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop the agent (naas0 goes away)")
+    down.add_argument("--json", action="store_true")
     common(down)
     down.set_defaults(func=cmd_down)
 
