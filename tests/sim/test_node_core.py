@@ -11,8 +11,10 @@ import os
 import random
 
 from helpers import NETWORK, Authority, SimNet
+from naas.core.constants import MAX_ENDPOINTS_PER_MEMBER
 from naas.core.wire import DropReason
-from naas.model.ids import BROADCAST_MAC, mac_for_node
+from naas.model.ids import BROADCAST_MAC, Endpoint, mac_for_node
+from naas.model.network import MemberRecord
 
 
 def ethernet(dst: bytes, src: bytes, payload: bytes, ethertype: bytes = b"\x88\xb5") -> bytes:
@@ -194,3 +196,31 @@ def test_layer2_mode_answers_nothing_locally() -> None:
     assert alpha.take_frames() == []
     assert len(alpha.take_datagrams()) == 2, "ARP is flooded to both members"
     assert alpha.network.name == NETWORK
+
+
+def test_superseded_certificate_cannot_connect() -> None:
+    """After bravo re-enrolls (new keys, newer certificate), its old keys are refused."""
+    net, ca = build_mesh()
+    net.run(3.0)
+    alpha = net.cores["alpha"]
+    old = net.cores["bravo"].identity
+    renewed = ca.identity("bravo", 3, "10.77.1.3/16", not_before=old.certificate.not_before + 5)
+    alpha._learn_member(MemberRecord(renewed.certificate), net.now, gossip=False)
+    assert alpha.peers[3].certificate == renewed.certificate
+    assert alpha.peers[3].sessions == [], "sessions of the old keys are forgotten"
+    before = alpha.drops[DropReason.BAD_CERTIFICATE]
+    net.cores["bravo"].peers[alpha.node_id].sessions.clear()  # force a new handshake
+    net.cores["bravo"].peers[alpha.node_id].pending = None
+    net.cores["bravo"]._initiate(net.cores["bravo"].peers[alpha.node_id], net.now)
+    net.pump()
+    assert alpha.drops[DropReason.BAD_CERTIFICATE] == before + 1
+    assert alpha.peers[3].sessions == []
+
+
+def test_gossiped_endpoints_are_bounded() -> None:
+    net, _ = build_mesh()
+    alpha = net.cores["alpha"]
+    record = net.record("bravo")
+    many = tuple(Endpoint(f"10.9.{i // 250}.{i % 250 + 1}", 5640) for i in range(100))
+    alpha._learn_member(MemberRecord(record.certificate, many), net.now, gossip=False)
+    assert len(alpha.peers[3].endpoints) <= MAX_ENDPOINTS_PER_MEMBER

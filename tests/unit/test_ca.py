@@ -67,9 +67,7 @@ def test_a_clock_slightly_behind_still_accepts_and_expiry_is_enforced() -> None:
 def test_tampering_or_another_ca_is_detected() -> None:
     cert = _issue()
     forged = dataclasses.replace(cert, ip=IPv4Interface("172.32.1.99/16"))
-    assert certificate_problem(forged, CA_PUBLIC, "acme", NOW) == (
-        "certificate signature does not verify"
-    )
+    assert certificate_problem(forged, CA_PUBLIC, "acme", NOW) == ("certificate signature does not verify")
     assert certificate_problem(cert, ed25519_public(b"\x33" * 32), "acme", NOW) is not None
     assert certificate_problem(cert, CA_PUBLIC, "other", NOW) is not None
 

@@ -137,9 +137,7 @@ def decode(frame: bytes) -> Reply:
     assert checksum(pseudo + udp) == 0, "UDP checksum"
     msg = udp[8:]
     assert len(msg) >= 300
-    op, htype, hlen, _, xid, _, flags, ci, yi, si, _, chaddr = struct.unpack_from(
-        "!BBBBIHH4s4s4s4s16s", msg
-    )
+    op, htype, hlen, _, xid, _, flags, ci, yi, si, _, chaddr = struct.unpack_from("!BBBBIHH4s4s4s4s16s", msg)
     assert (htype, hlen) == (1, 6)
     assert msg[236:240] == COOKIE
     options: dict[int, bytes] = {}

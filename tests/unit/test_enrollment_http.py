@@ -147,9 +147,17 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         overlay = CONFIG.pop_overlay_ip(pop.name)
         store.add_member(
             issue_certificate(
-                CA_PRIVATE, network="acme", name=pop.name, node_id=store.allocate_node_id(),
-                is_pop=True, static_public=_keys()[0], signing_public=_keys()[1],
-                ip=IPv4Interface(f"{overlay}/16"), groups=(), now=int(NOW), days=365,
+                CA_PRIVATE,
+                network="acme",
+                name=pop.name,
+                node_id=store.allocate_node_id(),
+                is_pop=True,
+                static_public=_keys()[0],
+                signing_public=_keys()[1],
+                ip=IPv4Interface(f"{overlay}/16"),
+                groups=(),
+                now=int(NOW),
+                days=365,
             ),
             "init",
         )
@@ -166,8 +174,13 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         for name in ("master", "slave"):
             enrolled: list[Certificate] = []
             service = EnrollmentService(
-                CONFIG, name, PopStore(sqlite_url(tmp_path / "pop.db")), CA_PRIVATE, info,
-                clock=lambda: clock[0], on_enrolled=enrolled.append,
+                CONFIG,
+                name,
+                PopStore(sqlite_url(tmp_path / "pop.db")),
+                CA_PRIVATE,
+                info,
+                clock=lambda: clock[0],
+                on_enrolled=enrolled.append,
             )
             cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
             write_tls_material(tls[name], cert, key)

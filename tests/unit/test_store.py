@@ -55,9 +55,7 @@ ip = "172.32.9.9"
 name = "db"
 """
 )
-L2_CONFIG = parse_config(
-    '[network]\nname = "acme"\n[[pop]]\nname = "master"\naddress = "10.0.0.1"\n'
-)
+L2_CONFIG = parse_config('[network]\nname = "acme"\n[[pop]]\nname = "master"\naddress = "10.0.0.1"\n')
 
 
 def _hash(n: int) -> str:
@@ -218,8 +216,7 @@ def test_same_token_at_two_pops_concurrently_exactly_one_wins(db: Path) -> None:
 
 def test_many_clients_at_two_pops_get_distinct_ids_and_addresses(db: Path) -> None:
     config = parse_config(
-        '[network]\nname = "acme"\nsubnet = "10.9.0.0/24"\n'
-        '[[pop]]\nname = "master"\naddress = "10.0.0.1"\n'
+        '[network]\nname = "acme"\nsubnet = "10.9.0.0/24"\n[[pop]]\nname = "master"\naddress = "10.0.0.1"\n'
     )
     stores = [PopStore(sqlite_url(db)) for _ in range(2)]
     stores[0].create_schema()
@@ -257,9 +254,17 @@ def test_pops_added_at_init_take_ids_and_addresses(store: PopStore) -> None:
     pop_id = store.allocate_node_id()
     assert pop_id == 1
     pop = issue_certificate(
-        CA_PRIVATE, network="acme", name="master", node_id=pop_id, is_pop=True,
-        static_public=x25519_public(b"\x01" * 32), signing_public=ed25519_public(b"\x01" * 32),
-        ip=IPv4Interface("172.32.1.1/16"), groups=(), now=NOW, days=365,
+        CA_PRIVATE,
+        network="acme",
+        name="master",
+        node_id=pop_id,
+        is_pop=True,
+        static_public=x25519_public(b"\x01" * 32),
+        signing_public=ed25519_public(b"\x01" * 32),
+        ip=IPv4Interface("172.32.1.1/16"),
+        groups=(),
+        now=NOW,
+        days=365,
     )
     store.add_member(pop, "init")
     store.add_member(pop, "init")  # again: replaced, not duplicated
@@ -269,16 +274,32 @@ def test_pops_added_at_init_take_ids_and_addresses(store: PopStore) -> None:
         store.add_invitation(_hash(1), "master", NOW, NOW + WEEK)
     # An explicit id ahead of the counter moves the counter past it.
     far = issue_certificate(
-        CA_PRIVATE, network="acme", name="slave", node_id=NodeId(40), is_pop=True,
-        static_public=x25519_public(b"\x02" * 32), signing_public=ed25519_public(b"\x02" * 32),
-        ip=None, groups=(), now=NOW, days=365,
+        CA_PRIVATE,
+        network="acme",
+        name="slave",
+        node_id=NodeId(40),
+        is_pop=True,
+        static_public=x25519_public(b"\x02" * 32),
+        signing_public=ed25519_public(b"\x02" * 32),
+        ip=None,
+        groups=(),
+        now=NOW,
+        days=365,
     )
     store.add_member(far, "init")
     assert store.allocate_node_id() == 41
     clash = issue_certificate(
-        CA_PRIVATE, network="acme", name="master", node_id=NodeId(50), is_pop=True,
-        static_public=x25519_public(b"\x03" * 32), signing_public=ed25519_public(b"\x03" * 32),
-        ip=None, groups=(), now=NOW, days=365,
+        CA_PRIVATE,
+        network="acme",
+        name="master",
+        node_id=NodeId(50),
+        is_pop=True,
+        static_public=x25519_public(b"\x03" * 32),
+        signing_public=ed25519_public(b"\x03" * 32),
+        ip=None,
+        groups=(),
+        now=NOW,
+        days=365,
     )
     with pytest.raises(ValueError, match="already member"):
         store.add_member(clash, "init")
@@ -292,9 +313,7 @@ def test_allocate_ip(store: PopStore) -> None:
     used = {IPv4Address("172.32.1.3"), IPv4Address("172.32.1.4")}
     with pytest.raises(AddressPoolExhausted, match="dhcp_range"):
         choose_ip(CONFIG, "db", used)
-    assert choose_ip(CONFIG, "db", used - {IPv4Address("172.32.1.4")}) == IPv4Interface(
-        "172.32.1.4/16"
-    )
+    assert choose_ip(CONFIG, "db", used - {IPv4Address("172.32.1.4")}) == IPv4Interface("172.32.1.4/16")
 
 
 def test_bad_arguments(store: PopStore) -> None:

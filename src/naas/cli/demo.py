@@ -41,8 +41,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         if args.keep:
             lab.keep()
-            say(f"\nthe lab is kept: `ip netns exec {lab.prefix}desktop bash` to explore, "
-                f"state in {workdir}; remove it with `naas demo down`")
+            say(
+                f"\nthe lab is kept: `ip netns exec {lab.prefix}desktop bash` to explore, "
+                f"state in {workdir}; remove it with `naas demo down`"
+            )
         else:
             story.close()
             lab.close()
@@ -95,8 +97,10 @@ def _run(story: Story, lab: Lab) -> bool:
     matrix = story.ping_matrix()
     failed = [pair for pair, rtt in matrix.items() if rtt is None]
     rtts = [rtt for rtt in matrix.values() if rtt is not None]
-    say(f"  {len(rtts)}/{len(matrix)} pairs answered"
-        + (f", RTT {min(rtts):.2f}-{max(rtts):.2f} ms" if rtts else ""))
+    say(
+        f"  {len(rtts)}/{len(matrix)} pairs answered"
+        + (f", RTT {min(rtts):.2f}-{max(rtts):.2f} ms" if rtts else "")
+    )
     for source, target in failed:
         say(f"  NO ANSWER {source} -> {target}")
 
@@ -121,7 +125,12 @@ def _all_direct(story: Story) -> bool:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="the whole story in network namespaces (root)")
-    demo.add_argument("action", nargs="?", choices=["run", "down"], default="run",
-                      help="run (default) or down: remove a lab kept with --keep")
+    demo.add_argument(
+        "action",
+        nargs="?",
+        choices=["run", "down"],
+        default="run",
+        help="run (default) or down: remove a lab kept with --keep",
+    )
     demo.add_argument("--keep", action="store_true", help="leave the lab up to explore")
     demo.set_defaults(func=cmd_demo)

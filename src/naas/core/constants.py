@@ -8,12 +8,12 @@ implementation limits, which only bound this process's memory and work.
 REKEY_AFTER_TIME = 120.0  # the initiator starts a new handshake for a session this old
 REJECT_AFTER_TIME = 180.0  # a session this old is neither used nor accepted
 REKEY_TIMEOUT = 2.0  # retransmit a handshake initiation not answered within this
-REKEY_ATTEMPT_TIME = 30.0  # give up a handshake after this, until there is traffic again
+REKEY_ATTEMPT_TIME = 30.0  # give up a handshake after this; retry after a backoff (1 s, doubling to 30 s)
 PROBE_INTERVAL = 1.0  # probe every direct link this often (with +-20% jitter)
 PROBE_JITTER = 0.2
 LINK_DOWN_AFTER_MISSES = 3  # a link whose last N probes went unanswered is down
 GOSSIP_INTERVAL = 10.0  # full member table to one random peer this often (anti-entropy)
-REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1
+REJECT_AFTER_MESSAGES = 2**64 - 2**13  # no counter at or beyond this is sent or accepted
 
 # -- implementation limits -----------------------------------------------------------------
 MAX_QUEUED_FRAMES = 128  # frames held per peer while its handshake completes

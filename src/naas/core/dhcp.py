@@ -185,9 +185,7 @@ def parse_dhcp_untrusted(frame: bytes) -> DhcpRequest | None:
 def _parse_bootp(payload: bytes, src_mac: bytes) -> DhcpRequest:
     if len(payload) < _OPTIONS_AT:
         raise BadPacket(DropReason.BAD_FRAME, f"BOOTP message of {len(payload)} bytes")
-    op, htype, hlen, _, xid, _, flags, ciaddr, _, _, giaddr, chaddr, sname, file = (
-        BOOTP.unpack_from(payload)
-    )
+    op, htype, hlen, _, xid, _, flags, ciaddr, _, _, giaddr, chaddr, sname, file = BOOTP.unpack_from(payload)
     if op != BOOTREQUEST:
         raise BadPacket(DropReason.BAD_FRAME, f"BOOTP op {op} to the server port")
     if htype != HTYPE_ETHERNET or hlen != MAC_LEN:
@@ -222,9 +220,7 @@ def _parse_bootp(payload: bytes, src_mac: bytes) -> DhcpRequest:
         requested_ip=IPv4Address(requested) if requested is not None else None,
         server_id=IPv4Address(server_id) if server_id is not None else None,
         client_id=options.get(OPT_CLIENT_ID),
-        hostname=(
-            hostname.decode("utf-8", "replace").rstrip("\x00") if hostname is not None else None
-        ),
+        hostname=(hostname.decode("utf-8", "replace").rstrip("\x00") if hostname is not None else None),
         parameter_list=tuple(options.get(OPT_PARAMETER_LIST, b"")),
     )
 
@@ -316,9 +312,7 @@ class DhcpResponder:
         if kind == MessageType.DISCOVER:
             return self._reply(request, MessageType.OFFER, address, _ZERO_IP, self._lease_options)
         if kind == MessageType.INFORM:
-            return self._reply(
-                request, MessageType.ACK, _ZERO_IP, request.ciaddr, self._inform_options
-            )
+            return self._reply(request, MessageType.ACK, _ZERO_IP, request.ciaddr, self._inform_options)
         if kind != MessageType.REQUEST:
             return None  # RELEASE, DECLINE, and server messages sent to port 67
         if request.server_id is not None:  # SELECTING
@@ -375,9 +369,7 @@ class DhcpResponder:
         return build_frame(dst_mac, self.server_mac, ETHERTYPE_IPV4, packet)
 
 
-def _udp_ipv4(
-    src: IPv4Address, dst: IPv4Address, src_port: int, dst_port: int, payload: bytes
-) -> bytes:
+def _udp_ipv4(src: IPv4Address, dst: IPv4Address, src_port: int, dst_port: int, payload: bytes) -> bytes:
     """An IPv4 packet (no options, DF clear) carrying one UDP datagram, checksums set."""
     udp_length = UDP_HEADER.size + len(payload)
     pseudo = UDP_PSEUDO_HEADER.pack(src.packed, dst.packed, 0, IPPROTO_UDP, udp_length)
@@ -385,8 +377,6 @@ def _udp_ipv4(
     checksum = internet_checksum(pseudo + udp) or 0xFFFF  # RFC 768: 0 means "none"
     udp = udp[:6] + checksum.to_bytes(2, "big") + udp[8:]
     total = IPV4_HEADER.size + udp_length
-    header = IPV4_HEADER.pack(
-        0x45, 0, total, 0, 0, DEFAULT_TTL, IPPROTO_UDP, 0, src.packed, dst.packed
-    )
+    header = IPV4_HEADER.pack(0x45, 0, total, 0, 0, DEFAULT_TTL, IPPROTO_UDP, 0, src.packed, dst.packed)
     header = header[:10] + internet_checksum(header).to_bytes(2, "big") + header[12:]
     return header + udp

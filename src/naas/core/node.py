@@ -41,6 +41,7 @@ from naas.core import arp, dhcp
 from naas.core.constants import (
     GOSSIP_INTERVAL,
     LINK_DOWN_AFTER_MISSES,
+    MAX_ENDPOINTS_PER_MEMBER,
     MAX_MEMBERS_PER_GOSSIP,
     PROBE_INTERVAL,
     PROBE_JITTER,
@@ -357,6 +358,8 @@ class NodeCore:
         if peer is None or peer.certificate != cert:
             self._learn_member(MemberRecord(cert), now, gossip=True)
             peer = self.peers[cert.node_id]
+            if peer.certificate != cert:
+                raise BadPacket(DropReason.BAD_CERTIFICATE, "superseded certificate")
         if stamp <= peer.last_initiation_stamp:
             raise BadPacket(DropReason.STALE_INITIATION)
         peer.last_initiation_stamp = stamp
@@ -392,8 +395,9 @@ class NodeCore:
         peer.attempt_backoff = 1.0
         self._install_session(peer, session)
         self._endpoint_confirmed(peer, address, now)
-        self._session_ready(peer, now)
-        if peer.send_session(now) is session and not peer.queue:
+        had_queued = bool(peer.queue)
+        self._session_ready(peer, now)  # sends what was queued: that confirms the keys too
+        if not had_queued:
             self._send_inner(peer, _KEEPALIVE, now)  # confirms the keys to the responder
 
     def _install_session(self, peer: Peer, session: Session) -> None:
@@ -492,7 +496,7 @@ class NodeCore:
             self._ip_to_node[cert.ip.ip] = cert.node_id
         for endpoint in record.endpoints:
             address = endpoint.as_tuple()
-            if address not in peer.endpoints:
+            if address not in peer.endpoints and len(peer.endpoints) < MAX_ENDPOINTS_PER_MEMBER:
                 peer.endpoints.append(address)  # hearsay goes after what we saw ourselves
                 changed = True
                 if peer.send_session(now) is None and peer.pending is None:

@@ -27,10 +27,11 @@ per receiving session.
 
 from __future__ import annotations
 
+from naas.core.constants import REJECT_AFTER_MESSAGES
+
 # -- spec / implementation constants ------------------------------------------------------
 
 WINDOW = 2048  # counters remembered behind the highest one; a power of two
-REJECT_AFTER_MESSAGES = 2**64 - 2**13  # counters at or beyond this are never accepted
 
 _SLOT_MASK = WINDOW - 1
 _ZEROS = memoryview(bytes(WINDOW))

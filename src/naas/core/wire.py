@@ -10,8 +10,9 @@ reads: it forwards on ``dst_node`` and decrements ``hop_limit`` without decrypti
     RESPONSE   (2): sender_index u32 | receiver_index u32 | Noise IK message 2
     DATA       (3): receiver_index u32 | counter u64 | AEAD(inner) incl. 16-byte tag
 
-The AEAD additional data of a DATA packet is bytes 4..24 (dst, src, receiver index,
-counter): everything of the header but the fields a relay may rewrite (hop limit).
+The AEAD additional data of a DATA packet is bytes 2..24 (flags, dst, src, receiver
+index, counter): every header byte but the type (only DATA is ever decrypted) and the
+hop limit, which a relay rewrites.
 The decrypted ``inner`` starts with one kind byte: KEEPALIVE (empty), FRAME (an
 Ethernet frame) or CONTROL (a JSON control message, see core/control_messages.py).
 
@@ -54,7 +55,7 @@ AEAD_TAG_LEN = 16
 INITIATION_NOISE_MIN = NOISE_KEY_LEN + (NOISE_KEY_LEN + NOISE_TAG_LEN) + NOISE_TAG_LEN
 RESPONSE_NOISE_MIN = NOISE_KEY_LEN + NOISE_TAG_LEN
 DATA_HEADER_LEN = OUTER.size + DATA_HEAD.size  # 24
-DATA_AAD_SLICE = slice(4, DATA_HEADER_LEN)
+DATA_AAD_SLICE = slice(2, DATA_HEADER_LEN)
 # Bytes a DATA packet adds to an Ethernet frame: header, inner kind byte, AEAD tag.
 DATA_OVERHEAD = DATA_HEADER_LEN + 1 + AEAD_TAG_LEN  # 41
 UDP_HEADER_LEN = 8

@@ -122,8 +122,15 @@ class Story:
     def start_pop(self, name: str) -> None:
         log = open(self.workdir / f"pop-{name}.log", "ab")  # noqa: SIM115 - lives with the process
         argv = naas_argv(
-            "pop", "--config", str(self.config_path), "--name", name,
-            "--state-dir", str(self.state_dir(name)), "--store", self.store_url,
+            "pop",
+            "--config",
+            str(self.config_path),
+            "--name",
+            name,
+            "--state-dir",
+            str(self.state_dir(name)),
+            "--store",
+            self.store_url,
         )
         self.pop_processes[name] = self.lab.host(name).popen(argv, stdout=log, stderr=log)
         log.close()

@@ -2,7 +2,8 @@
 
 A certificate binds a member's name, node id, overlay MAC/IP and groups to its two
 public keys: the X25519 static key used in the Noise IK handshake and the Ed25519
-key it signs its own control messages with (link-state deltas). The CA signs the
+key it will sign its own control messages with (the link-state deltas of the routing
+issue; nothing is signed with it yet). The CA signs the
 canonical encoding of every field but the signature (``tbs_bytes``, see codec.py).
 Verification lives in core/crypto.py; this module only holds the data.
 """

@@ -93,9 +93,7 @@ def spki_pin(cert_der: bytes) -> str:
 
 def is_well_formed_pin(pin: object) -> bool:
     return (
-        isinstance(pin, str)
-        and pin.startswith(PIN_PREFIX)
-        and is_well_formed_token(pin[len(PIN_PREFIX) :])
+        isinstance(pin, str) and pin.startswith(PIN_PREFIX) and is_well_formed_token(pin[len(PIN_PREFIX) :])
     )
 
 
@@ -194,7 +192,5 @@ def _endpoint(text: str, what: str) -> Endpoint:
 
 def _pin(text: str, what: str) -> str:
     if not is_well_formed_pin(text):
-        raise InvitationError(
-            f"invitation: {what} {text!r} is not '{PIN_PREFIX}' + 32 bytes of base64url"
-        )
+        raise InvitationError(f"invitation: {what} {text!r} is not '{PIN_PREFIX}' + 32 bytes of base64url")
     return text

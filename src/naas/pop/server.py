@@ -200,9 +200,7 @@ class EnrollmentService:
         return app
 
     async def _handle_health(self, _request: web.Request) -> web.Response:
-        return web.json_response(
-            {"status": "ok", "network": self._config.name, "pop": self._pop_name}
-        )
+        return web.json_response({"status": "ok", "network": self._config.name, "pop": self._pop_name})
 
     async def _handle_enroll(self, request: web.Request) -> web.Response:
         self.enroll_requests += 1
@@ -234,7 +232,11 @@ class EnrollmentService:
         self.enrolled += 1
         log.info(
             "enrolled name=%s node_id=%d ip=%s pop=%s peer=%s",
-            cert.name, cert.node_id, cert.ip, self._pop_name, request.remote,
+            cert.name,
+            cert.node_id,
+            cert.ip,
+            self._pop_name,
+            request.remote,
         )
         answer = {
             "certificate": certificate_to_dict(cert),
@@ -282,9 +284,7 @@ class EnrollmentService:
         cert = self._store.redeem(hashed, now, self._pop_name, issue)
         return cert, self._store.members()
 
-    def _issue(
-        self, grant: Grant, static_public: bytes, signing_public: bytes, now: float
-    ) -> Certificate:
+    def _issue(self, grant: Grant, static_public: bytes, signing_public: bytes, now: float) -> Certificate:
         previous_ip = grant.previous.ip if grant.previous is not None else None
         ip = choose_ip(
             self._config,

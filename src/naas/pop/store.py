@@ -188,9 +188,7 @@ class PopStore:
 
     # -- invitations ------------------------------------------------------------------------
 
-    def add_invitation(
-        self, token_hash: str, client_name: str, now: float, expires_at: float
-    ) -> None:
+    def add_invitation(self, token_hash: str, client_name: str, now: float, expires_at: float) -> None:
         """Store a new invitation; it replaces the client's unused ones."""
         if not _HEX64.match(token_hash):
             raise ValueError("token_hash must be 64 lowercase hex digits")
@@ -254,12 +252,8 @@ class PopStore:
                 previous: Certificate | None = _load_cert(existing.certificate_json)
             else:
                 node_id, previous = _next_node_id(conn), None
-            others = conn.execute(
-                select(members.c.certificate_json).where(members.c.name != name)
-            ).scalars()
-            used_ips = frozenset(
-                cert.ip.ip for text in others if (cert := _load_cert(text)).ip is not None
-            )
+            others = conn.execute(select(members.c.certificate_json).where(members.c.name != name)).scalars()
+            used_ips = frozenset(cert.ip.ip for text in others if (cert := _load_cert(text)).ip is not None)
             cert = issue(Grant(name, node_id, previous, used_ips))
             if cert.node_id != node_id or cert.name != name:
                 raise ValueError("issued certificate does not match the grant")
@@ -296,9 +290,7 @@ class PopStore:
             if clash is not None:
                 raise ValueError(f"{cert.name!r} is already member {clash}")
             row = _member_row(cert, enrolled_at, via)
-            done = conn.execute(
-                update(members).where(members.c.node_id == cert.node_id).values(**row)
-            )
+            done = conn.execute(update(members).where(members.c.node_id == cert.node_id).values(**row))
             if done.rowcount == 0:
                 conn.execute(insert(members).values(**row))
             counter = int(_get_meta(conn, "next_node_id", for_update=True) or FIRST_NODE_ID)
@@ -307,9 +299,7 @@ class PopStore:
 
     def members(self) -> list[Certificate]:
         with self._read() as conn:
-            texts = conn.execute(
-                select(members.c.certificate_json).order_by(members.c.node_id)
-            ).scalars()
+            texts = conn.execute(select(members.c.certificate_json).order_by(members.c.node_id)).scalars()
             return [_load_cert(text) for text in texts]
 
     def member(self, name: str) -> Certificate | None:
