@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from naas.daemon.state import DEFAULT_STATE_DIR, NodeDir, client_node_dir, find_networks
+from naas.daemon.state import DEFAULT_STATE_DIR, NodeDir, client_node_dir, find_networks, network_dir
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -37,16 +37,27 @@ def state_dir_of(value: str | None) -> Path:
     return Path(value) if value else DEFAULT_STATE_DIR
 
 
+def _membership(state_dir: Path, network: str) -> NodeDir | None:
+    """This host's membership of ``network``: the client one, else a running PoP's."""
+    node_dir = client_node_dir(state_dir, network)
+    if node_dir.exists():
+        return node_dir
+    pops = network_dir(state_dir, network) / "pops"
+    running = sorted(p for p in pops.glob("*/agent.sock")) if pops.is_dir() else []
+    return NodeDir(running[0].parent) if running else None
+
+
 def member_dir(state_dir: Path, network: str | None) -> NodeDir:
-    """The client membership to act on: ``--network`` or the only one there is."""
+    """The membership to act on: ``--network`` or the only one there is (a PoP host's
+    running PoP counts when the host has not joined as a client)."""
     if network is None:
-        networks = [n for n in find_networks(state_dir) if client_node_dir(state_dir, n).exists()]
+        networks = [n for n in find_networks(state_dir) if _membership(state_dir, n) is not None]
         if not networks:
             raise CliError(f"this host has not joined any network (no state in {state_dir})")
         if len(networks) > 1:
             raise BadInput(f"this host is in several networks ({', '.join(networks)}): use --network")
         network = networks[0]
-    node_dir = client_node_dir(state_dir, network)
-    if not node_dir.exists():
-        raise CliError(f"this host has not joined network {network!r} (no state in {node_dir.path})")
+    node_dir = _membership(state_dir, network)
+    if node_dir is None:
+        raise CliError(f"this host has not joined network {network!r} (no state in {state_dir / network})")
     return node_dir

@@ -24,7 +24,7 @@ from naas.lab.story import DEMO_HOSTS, DEMO_SITES, NETWORK, POPS, Story, StoryEr
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.action == "down":
         removed = remove_saved_labs()
-        say(f"removed {len(removed)} namespace(s)" if removed else "no kept lab to remove")
+        say(f"removed {len(removed)} lab(s) and their processes" if removed else "no kept lab to remove")
         return 0
     if os.geteuid() != 0:
         raise CliError("naas demo builds network namespaces: run it as root")

@@ -182,15 +182,10 @@ class Story:
             self._checked(f"naas-enrollment on {client}", self.enroll(client))
 
     def status(self, host: str) -> dict[str, Any]:
-        network_args = ("--network", NETWORK)
-        if host in POPS:
-            socket = self.state_dir(host) / NETWORK / "pops" / host / "agent.sock"
-            from naas.daemon import control
-
-            answer = control.request(socket, "status")
-            status: dict[str, Any] = answer["status"]
-            return status
-        out = self._checked(f"naas status on {host}", self.naas(host, "status", "--json", *network_args))
+        """`naas status --json` on ``host`` (a PoP host shows its PoP)."""
+        out = self._checked(
+            f"naas status on {host}", self.naas(host, "status", "--json", "--network", NETWORK)
+        )
         result: dict[str, Any] = json.loads(out)
         return result
 
