@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
@@ -114,7 +115,7 @@ class SimNet:
         core = NodeCore(
             identity,
             network,
-            random_bytes=SeededRandom(hash(name) & 0xFFFF),
+            random_bytes=SeededRandom(zlib.crc32(name.encode()) ^ self.seed),
             now=self.now,
             wall_offset=NOW_UNIX - self.now,
             mtu=mtu,

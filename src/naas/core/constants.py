@@ -11,8 +11,11 @@ REKEY_TIMEOUT = 2.0  # retransmit a handshake initiation not answered within thi
 REKEY_ATTEMPT_TIME = 30.0  # give up a handshake after this; retry after a backoff (1 s, doubling to 30 s)
 PROBE_INTERVAL = 1.0  # probe every direct link this often (with +-20% jitter)
 PROBE_JITTER = 0.2
+PROBE_RETRY_INTERVAL = 0.3  # after an unanswered probe, probe again this soon
 LINK_DOWN_AFTER_MISSES = 3  # a link whose last N probes went unanswered is down
-GOSSIP_INTERVAL = 10.0  # full member table to one random peer this often (anti-entropy)
+REHANDSHAKE_AFTER_MISSES = 6  # no answer at all for this long: the peer may have restarted
+LINK_STATE_RESYNC_INTERVAL = 30.0  # full signed link state to one random peer this often
+GOSSIP_INTERVAL = 5.0  # full member table to one random peer this often (anti-entropy)
 REJECT_AFTER_MESSAGES = 2**64 - 2**13  # no counter at or beyond this is sent or accepted
 
 # -- implementation limits -----------------------------------------------------------------

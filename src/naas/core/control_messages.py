@@ -8,6 +8,8 @@ decrypted traffic and in tests; they are rare next to data frames.
     probe      {"t": "probe", "seq": n, "ts": sender's clock}     -> answered by
     probe_ack  {"t": "probe_ack", "seq": n, "ts": echoed}            (RTT = now - ts)
     members    {"t": "members", "members": [member records]}       membership gossip
+    lsd        {"t": "lsd", "deltas": [signed link-state deltas]}   routing (core/routing.py)
+    lsd_req    {"t": "lsd_req", "origin": node id}                  "send me its history"
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from naas.core.constants import MAX_CONTROL_BYTES, MAX_MEMBERS_PER_GOSSIP
+from naas.core.routing import LinkStateDelta, decode_delta_untrusted, encode_delta
 from naas.core.wire import INNER_CONTROL, BadPacket, DropReason
 from naas.model.codec import CodecError, canonical_json, member_from_dict, member_to_dict
 from naas.model.network import MemberRecord
@@ -39,7 +42,19 @@ class Members:
     members: tuple[MemberRecord, ...]
 
 
-ControlMessage = Probe | ProbeAck | Members
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    deltas: tuple[LinkStateDelta, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStateRequest:
+    origin: int
+
+
+MAX_DELTAS_PER_MESSAGE = 64
+
+ControlMessage = Probe | ProbeAck | Members | LinkState | LinkStateRequest
 
 
 def encode_control(message: ControlMessage) -> bytes:
@@ -49,8 +64,12 @@ def encode_control(message: ControlMessage) -> bytes:
         body = {"t": "probe", "seq": message.seq, "ts": message.ts}
     elif isinstance(message, ProbeAck):
         body = {"t": "probe_ack", "seq": message.seq, "ts": message.ts}
-    else:
+    elif isinstance(message, Members):
         body = {"t": "members", "members": [member_to_dict(m) for m in message.members]}
+    elif isinstance(message, LinkState):
+        body = {"t": "lsd", "deltas": [encode_delta(d) for d in message.deltas]}
+    else:
+        body = {"t": "lsd_req", "origin": message.origin}
     return bytes((INNER_CONTROL,)) + canonical_json(body)
 
 
@@ -76,6 +95,16 @@ def decode_control_untrusted(payload: bytes) -> ControlMessage:
             if not isinstance(raw, list) or len(raw) > MAX_MEMBERS_PER_GOSSIP:
                 raise BadPacket(DropReason.BAD_CONTROL, "bad member list")
             return Members(tuple(member_from_dict(m) for m in raw))
+        if kind == "lsd":
+            raw = body.get("deltas")
+            if not isinstance(raw, list) or len(raw) > MAX_DELTAS_PER_MESSAGE:
+                raise BadPacket(DropReason.BAD_CONTROL, "bad delta list")
+            return LinkState(tuple(decode_delta_untrusted(d) for d in raw))
+        if kind == "lsd_req":
+            origin = body.get("origin")
+            if not isinstance(origin, int) or isinstance(origin, bool) or not 0 < origin <= 0xFFFFFFFF:
+                raise BadPacket(DropReason.BAD_CONTROL, "bad origin")
+            return LinkStateRequest(origin)
     except CodecError as exc:
         raise BadPacket(DropReason.BAD_CONTROL, str(exc)) from None
     raise BadPacket(DropReason.BAD_CONTROL, f"unknown type {kind!r}")

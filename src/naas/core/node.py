@@ -41,15 +41,21 @@ from naas.core import arp, dhcp
 from naas.core.constants import (
     GOSSIP_INTERVAL,
     LINK_DOWN_AFTER_MISSES,
+    LINK_STATE_RESYNC_INTERVAL,
     MAX_ENDPOINTS_PER_MEMBER,
     MAX_MEMBERS_PER_GOSSIP,
     PROBE_INTERVAL,
     PROBE_JITTER,
+    PROBE_RETRY_INTERVAL,
+    REHANDSHAKE_AFTER_MISSES,
     REKEY_ATTEMPT_TIME,
     REKEY_TIMEOUT,
 )
 from naas.core.control_messages import (
+    MAX_DELTAS_PER_MESSAGE,
     ControlMessage,
+    LinkState,
+    LinkStateRequest,
     Members,
     Probe,
     ProbeAck,
@@ -59,7 +65,9 @@ from naas.core.control_messages import (
 from naas.core.crypto import certificate_problem
 from naas.core.ethernet import clamp_tcp_mss
 from naas.core.handshake import HandshakeError, InitiatorHandshake, ResponderHandshake
+from naas.core.mesh_routes import MeshRoutes
 from naas.core.peer import Address, Peer, PendingHandshake
+from naas.core.routing import ApplyResult, LinkStateDelta
 from naas.core.session import Session
 from naas.core.switch import MacTable
 from naas.core.wire import (
@@ -82,6 +90,7 @@ from naas.core.wire import (
     pack_response,
     parse_initiation_untrusted,
     parse_response_untrusted,
+    with_hop_limit,
 )
 from naas.model.certificate import Certificate
 from naas.model.codec import CodecError, certificate_from_bytes_untrusted, certificate_to_bytes
@@ -141,11 +150,18 @@ class NodeCore:
         self._events: list[NodeEvent] = []
         self._link_was_up: dict[int, bool] = {}
         self._next_gossip_at = now + GOSSIP_INTERVAL
+        self._next_link_state_at = now + LINK_STATE_RESYNC_INTERVAL
         self._next_deadline = now
         self.mac_table = MacTable(self.node_id)
         self._max_frame = mtu + ETHERNET_HEADER_LEN + 4  # one VLAN tag allowed
         self._max_mss = mtu - 40
         self._ip_to_node: dict[IPv4Address, int] = {}
+        self._member_addresses: dict[Address, int] = {}  # direct endpoints -> node (relay check)
+        self.relayed_packets = 0
+        self.relayed_bytes = 0
+        self.routes = MeshRoutes(
+            self.node_id, identity.signing_private, first_seq=int((now + wall_offset) * 1000)
+        )
         self._dhcp: dhcp.DhcpResponder | None = None
         own_ip = identity.certificate.ip
         if network.subnet is not None and own_ip is not None:
@@ -252,23 +268,56 @@ class NodeCore:
             try:
                 if len(datagram) < DATA_HEADER_LEN:
                     raise BadPacket(DropReason.TOO_SHORT, f"{len(datagram)} bytes")
-                kind, _hops, flags, dst, src = OUTER.unpack_from(datagram)
+                kind, hops, flags, dst, src = OUTER.unpack_from(datagram)
                 if flags:
                     raise BadPacket(DropReason.BAD_FLAGS)
                 if dst != self.node_id:
-                    raise BadPacket(DropReason.WRONG_DESTINATION, str(dst))
+                    self._relay(datagram, dst, hops, address)
+                    continue
+                relayed = hops != DEFAULT_HOP_LIMIT
                 if kind == TYPE_DATA:
-                    self._data_received(datagram, src, address, now)
+                    self._data_received(datagram, src, address, relayed, now)
                 elif kind == TYPE_INITIATION:
-                    self._initiation_received(datagram, address, now)
+                    self._initiation_received(datagram, address, relayed, now)
                 elif kind == TYPE_RESPONSE:
-                    self._response_received(datagram, address, now)
+                    self._response_received(datagram, address, relayed, now)
                 else:
                     raise BadPacket(DropReason.UNKNOWN_TYPE, str(kind))
             except BadPacket as exc:
                 self.drops[exc.reason] += 1
 
-    def _data_received(self, datagram: bytes, src: int, address: Address, now: float) -> None:
+    def _relay(self, datagram: bytes, dst: int, hops: int, address: Address) -> None:
+        """Forward a datagram for another member on its outer header, never decrypting.
+
+        Only members relay through us: the datagram must come from a member's endpoint.
+        """
+        if address not in self._member_addresses:
+            raise BadPacket(DropReason.WRONG_DESTINATION, "not from a member")
+        if hops <= 1:
+            raise BadPacket(DropReason.HOP_LIMIT_EXCEEDED)
+        target = self.peers.get(dst)
+        if target is None:
+            raise BadPacket(DropReason.NO_ROUTE, str(dst))
+        next_address = self._address_for(target)
+        if next_address is None or next_address == address:
+            raise BadPacket(DropReason.NO_ROUTE, str(dst))
+        self._datagrams_out.append((with_hop_limit(datagram, hops - 1), next_address))
+        self.relayed_packets += 1
+        self.relayed_bytes += len(datagram)
+
+    def _address_for(self, peer: Peer) -> Address | None:
+        """Where datagrams for ``peer`` go: its endpoint while the direct link is up,
+        else the endpoint of the next hop the routes pick (end-to-end session inside)."""
+        if not peer.direct_up:
+            hop_id = self.routes.next_hop(peer.node_id)
+            hop = self.peers.get(hop_id) if hop_id is not None and hop_id != peer.node_id else None
+            if hop is not None and hop.direct_up and hop.current_endpoint is not None:
+                peer.relayed_via = hop.node_id
+                return hop.current_endpoint
+        peer.relayed_via = None
+        return peer.current_endpoint or (peer.endpoints[0] if peer.endpoints else None)
+
+    def _data_received(self, datagram: bytes, src: int, address: Address, relayed: bool, now: float) -> None:
         receiver_index, counter = DATA_HEAD.unpack_from(datagram, OUTER.size)
         entry = self._by_index.get(receiver_index)
         if entry is None:
@@ -282,7 +331,7 @@ class NodeCore:
         stats.rx_packets += 1
         stats.rx_bytes += len(datagram)
         stats.last_rx = now
-        if address != peer.current_endpoint:
+        if not relayed and address != peer.current_endpoint:
             self._endpoint_confirmed(peer, address, now)
         if not was_confirmed:
             self._session_ready(peer, now)
@@ -296,13 +345,17 @@ class NodeCore:
             self.mac_table.learn(frame[6:12], peer.node_id, now)
             self._frames_out.append(frame)
         elif kind == INNER_CONTROL:
-            self._control_received(peer, decode_control_untrusted(inner[1:]), now)
+            reply_to = None if relayed else address
+            self._control_received(peer, decode_control_untrusted(inner[1:]), reply_to, now)
         elif kind != INNER_KEEPALIVE:
             raise BadPacket(DropReason.BAD_INNER, str(kind))
 
     def _endpoint_confirmed(self, peer: Peer, address: Address, now: float) -> None:
-        """Authenticated traffic came from ``address``: reply there (roaming)."""
+        """Authenticated traffic came straight from ``address``: reply there (roaming)."""
+        if peer.current_endpoint is not None:
+            self._member_addresses.pop(peer.current_endpoint, None)
         peer.current_endpoint = address
+        self._member_addresses[address] = peer.node_id
         if peer.note_endpoint(address):
             self._gossip_change(peer, now)
 
@@ -328,10 +381,13 @@ class NodeCore:
         datagram = pack_initiation(peer.node_id, self.node_id, index, message)
         targets = [peer.current_endpoint] if peer.current_endpoint else []
         targets += [e for e in peer.endpoints if e != peer.current_endpoint]
+        via = self._address_for(peer) if not peer.direct_up else None
+        if via is not None and via not in targets:
+            targets.append(via)  # through the next hop, in case the direct path is down
         for address in targets:
             self._datagrams_out.append((datagram, address))
 
-    def _initiation_received(self, datagram: bytes, address: Address, now: float) -> None:
+    def _initiation_received(self, datagram: bytes, address: Address, relayed: bool, now: float) -> None:
         initiation = parse_initiation_untrusted(datagram)
         handshake = ResponderHandshake(
             local_static_private=self.identity.static_private, prologue=self._prologue
@@ -369,12 +425,12 @@ class NodeCore:
             keys, local_index=index, remote_index=initiation.sender_index, is_initiator=False, now=now
         )
         self._install_session(peer, session)
-        self._endpoint_confirmed(peer, address, now)
-        self._datagrams_out.append(
-            (pack_response(peer.node_id, self.node_id, index, initiation.sender_index, message), address)
-        )
+        if not relayed:
+            self._endpoint_confirmed(peer, address, now)
+        response = pack_response(peer.node_id, self.node_id, index, initiation.sender_index, message)
+        self._datagrams_out.append((response, address if not relayed else self._address_for(peer) or address))
 
-    def _response_received(self, datagram: bytes, address: Address, now: float) -> None:
+    def _response_received(self, datagram: bytes, address: Address, relayed: bool, now: float) -> None:
         response = parse_response_untrusted(datagram)
         peer = self._pending_by_index.get(response.receiver_index)
         if peer is None or peer.pending is None or peer.node_id != response.src_node:
@@ -394,7 +450,8 @@ class NodeCore:
         peer.pending = None
         peer.attempt_backoff = 1.0
         self._install_session(peer, session)
-        self._endpoint_confirmed(peer, address, now)
+        if not relayed:
+            self._endpoint_confirmed(peer, address, now)
         had_queued = bool(peer.queue)
         self._session_ready(peer, now)  # sends what was queued: that confirms the keys too
         if not had_queued:
@@ -416,6 +473,7 @@ class NodeCore:
         if first:
             self._events.append(NodeEvent("session_started", peer.node_id, peer.name))
             self._send_member_table(peer, now)
+            self._send_link_state_table(peer, now)
         self._next_deadline = now
 
     def _new_index(self) -> int:
@@ -427,9 +485,11 @@ class NodeCore:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def _send_inner(self, peer: Peer, inner: bytes, now: float) -> None:
+    def _send_inner(self, peer: Peer, inner: bytes, now: float, address: Address | None = None) -> None:
+        """Seal ``inner`` for ``peer``; to ``address`` if given (probes), else where routes say."""
         session = peer.send_session(now)
-        address = peer.current_endpoint or (peer.endpoints[0] if peer.endpoints else None)
+        if address is None:
+            address = self._address_for(peer)
         if session is None or address is None:
             if len(peer.queue) == peer.queue.maxlen:
                 self.drops[DropReason.QUEUE_FULL] += 1
@@ -443,25 +503,88 @@ class NodeCore:
         stats.tx_packets += 1
         stats.tx_bytes += len(datagram)
 
-    def _send_control(self, peer: Peer, message: ControlMessage, now: float) -> None:
+    def _send_control(
+        self, peer: Peer, message: ControlMessage, now: float, address: Address | None = None
+    ) -> None:
         if peer.send_session(now) is not None:
-            self._send_inner(peer, encode_control(message), now)
+            self._send_inner(peer, encode_control(message), now, address)
 
     # -- control messages ---------------------------------------------------------------------
 
-    def _control_received(self, peer: Peer, message: ControlMessage, now: float) -> None:
+    def _control_received(
+        self, peer: Peer, message: ControlMessage, reply_to: Address | None, now: float
+    ) -> None:
+        """``reply_to`` is the address a direct (not relayed) message came from."""
         if isinstance(message, Probe):
-            self._send_control(peer, ProbeAck(message.seq, message.ts), now)
+            # answer on the path the probe took, so that it measures the direct link
+            self._send_control(peer, ProbeAck(message.seq, message.ts), now, reply_to)
         elif isinstance(message, ProbeAck):
             rtt = now - message.ts
-            if 0 <= rtt < 60:
+            if reply_to is not None and 0 <= rtt < 60:
                 stats = peer.stats
                 stats.rtt = rtt if stats.rtt is None else 0.75 * stats.rtt + 0.25 * rtt
                 stats.probes_answered += 1
                 stats.unanswered = 0
-        else:
+                if not peer.direct_up:
+                    peer.direct_up = True
+                    self._update_local_links(now)
+        elif isinstance(message, Members):
             for record in message.members:
                 self._learn_member(record, now, gossip=True, source=peer.node_id)
+        elif isinstance(message, LinkState):
+            self._link_state_received(peer, message, now)
+        else:
+            history = self.routes.history(message.origin)
+            for start in range(0, len(history), MAX_DELTAS_PER_MESSAGE):
+                self._send_control(
+                    peer, LinkState(tuple(history[start : start + MAX_DELTAS_PER_MESSAGE])), now
+                )
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def _link_state_received(self, sender: Peer, message: LinkState, now: float) -> None:
+        """Apply signed deltas and flood what was new to everyone else; ask on a gap."""
+        fresh = []
+        for delta in message.deltas:
+            origin = self.peers.get(delta.origin)
+            if origin is None:
+                continue  # not a member we know (yet): its certificate will come by gossip
+            result = self.routes.received(delta, origin.certificate.signing_public)
+            if result is None:
+                self.drops[DropReason.BAD_CONTROL] += 1
+            elif result is ApplyResult.APPLIED:
+                fresh.append(delta)
+            elif result is ApplyResult.GAP:
+                self._send_control(sender, LinkStateRequest(delta.origin), now)
+        if fresh:
+            self._flood_link_state(tuple(fresh), now, exclude=sender.node_id)
+
+    def _flood_link_state(self, deltas: tuple[LinkStateDelta, ...], now: float, exclude: int | None) -> None:
+        message = encode_control(LinkState(deltas))
+        origins = {d.origin for d in deltas}
+        for peer in self.peers.values():
+            if peer.node_id != exclude and peer.node_id not in origins and peer.send_session(now):
+                self._send_inner(peer, message, now)
+
+    def _update_local_links(self, now: float) -> None:
+        """Tell the routes which direct links are alive; flood our delta if they changed."""
+        live = {
+            peer.node_id: max(1, int(peer.stats.rtt * 1_000_000))
+            for peer in self.peers.values()
+            if peer.direct_up and peer.stats.rtt is not None and peer.send_session(now) is not None
+        }
+        delta = self.routes.links_measured(live)
+        if delta is not None:
+            self._flood_link_state((delta,), now, exclude=None)
+
+    def _send_link_state_table(self, peer: Peer, now: float) -> None:
+        """Everything we know of the link state, in order, to a member we just met."""
+        deltas = [self.routes.full_state()]
+        for origin in self.routes.database.origins():
+            if origin != self.node_id and origin != peer.node_id:
+                deltas += self.routes.history(origin)
+        for start in range(0, len(deltas), MAX_DELTAS_PER_MESSAGE):
+            self._send_control(peer, LinkState(tuple(deltas[start : start + MAX_DELTAS_PER_MESSAGE])), now)
 
     # -- membership -----------------------------------------------------------------------------
 
@@ -547,6 +670,7 @@ class NodeCore:
                 elif now - pending.last_sent_at >= REKEY_TIMEOUT:
                     self._initiate(peer, now)
             session = peer.send_session(now)
+            silent = now - (peer.stats.last_rx if peer.stats.last_rx is not None else -1e9)
             if (
                 peer.pending is None
                 and peer.endpoints
@@ -554,18 +678,13 @@ class NodeCore:
                 and (
                     session is None
                     or session.wants_rekey(now)
-                    or peer.stats.unanswered >= 2 * LINK_DOWN_AFTER_MISSES
+                    or silent > REHANDSHAKE_AFTER_MISSES * PROBE_INTERVAL  # it may have restarted
                 )
             ):
                 self._initiate(peer, now)
-                peer.stats.unanswered = min(peer.stats.unanswered, LINK_DOWN_AFTER_MISSES)
+                peer.next_attempt_at = now + REHANDSHAKE_AFTER_MISSES * PROBE_INTERVAL
             if session is not None and now >= peer.next_probe_at:
-                peer.probe_seq += 1
-                peer.stats.probes_sent += 1
-                peer.stats.unanswered += 1
-                self._send_control(peer, Probe(peer.probe_seq, now), now)
-                jitter = (self._random(1)[0] / 255 - 0.5) * 2 * PROBE_JITTER
-                peer.next_probe_at = now + PROBE_INTERVAL * (1 + jitter)
+                self._probe(peer, now)
             up = peer.link_up(now)
             if self._link_was_up.get(peer.node_id, False) != up:
                 self._link_was_up[peer.node_id] = up
@@ -576,6 +695,10 @@ class NodeCore:
                 deadline = min(deadline, max(peer.next_attempt_at, now + 0.05))
             if session is not None:
                 deadline = min(deadline, peer.next_probe_at)
+        self._update_local_links(now)
+        if now >= self._next_link_state_at:
+            self._next_link_state_at = now + LINK_STATE_RESYNC_INTERVAL
+            self._flood_link_state((self.routes.full_state(),), now, exclude=None)
         if now >= self._next_gossip_at:
             self._next_gossip_at = now + GOSSIP_INTERVAL
             candidates = [p for p in self.peers.values() if p.send_session(now) is not None]
@@ -583,6 +706,28 @@ class NodeCore:
                 chosen = candidates[self._random(1)[0] % len(candidates)]
                 self._send_member_table(chosen, now)
         self._next_deadline = max(now + 0.01, min(deadline, self._next_gossip_at))
+
+    def _probe(self, peer: Peer, now: float) -> None:
+        """Probe the direct link to ``peer`` (never relayed). A miss makes the next probe
+        come sooner; LINK_DOWN_AFTER_MISSES misses in a row take the link down, and the
+        routes then send through another member until a probe is answered again."""
+        stats = peer.stats
+        misses = stats.unanswered
+        if misses >= LINK_DOWN_AFTER_MISSES and peer.direct_up:
+            peer.direct_up = False
+            self._update_local_links(now)
+        address = peer.current_endpoint or (peer.endpoints[0] if peer.endpoints else None)
+        if address is None:
+            return
+        peer.probe_seq += 1
+        stats.probes_sent += 1
+        stats.unanswered += 1
+        self._send_control(peer, Probe(peer.probe_seq, now), now, address)
+        if misses and peer.direct_up:
+            peer.next_probe_at = now + PROBE_RETRY_INTERVAL
+        else:
+            jitter = (self._random(1)[0] / 255 - 0.5) * 2 * PROBE_JITTER
+            peer.next_probe_at = now + PROBE_INTERVAL * (1 + jitter)
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -592,8 +737,12 @@ class NodeCore:
         for peer in sorted(self.peers.values(), key=lambda p: p.name):
             session = peer.send_session(now)
             stats = peer.stats
+            self._address_for(peer)  # refreshes relayed_via from the current routes
+            via = self.peers.get(peer.relayed_via) if peer.relayed_via is not None else None
             if peer.link_up(now):
                 path = "direct"
+            elif session is not None and via is not None and via.link_up(now):
+                path = f"via {via.name}"
             elif peer.pending is not None:
                 path = "connecting"
             else:

@@ -13,7 +13,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from naas.core.constants import (
-    LINK_DOWN_AFTER_MISSES,
     MAX_ENDPOINTS_PER_MEMBER,
     MAX_QUEUED_FRAMES,
     MAX_SESSIONS_PER_PEER,
@@ -61,6 +60,8 @@ class Peer:
     next_attempt_at: float = 0.0  # earliest new handshake attempt (backoff)
     attempt_backoff: float = 1.0
     probe_seq: int = 0
+    direct_up: bool = False  # our probes to its endpoint are answered (see NodeCore)
+    relayed_via: int | None = None  # next hop while the direct link is down
     stats: LinkStats = field(default_factory=LinkStats)
 
     @property
@@ -102,8 +103,8 @@ class Peer:
         return is_new
 
     def link_up(self, now: float) -> bool:
-        """A direct link: a usable session and recent probes answered."""
-        return self.send_session(now) is not None and self.stats.unanswered < LINK_DOWN_AFTER_MISSES
+        """A direct link: a usable session and recent probes to its endpoint answered."""
+        return self.direct_up and self.send_session(now) is not None
 
     def public_endpoints(self) -> tuple[Endpoint, ...]:
         ordered = ([self.current_endpoint] if self.current_endpoint else []) + [

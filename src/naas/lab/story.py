@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import permutations
+from itertools import pairwise, permutations
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,35 @@ class Story:
                     break
             results[(source, target)] = rtt
         return results
+
+    def ping_outage(
+        self, source: str, target_ip: str, *, seconds: float, action_at: float, action: Callable[[], None]
+    ) -> tuple[float, int, int]:
+        """Ping every 0.1 s for ``seconds``; run ``action`` after ``action_at`` s.
+
+        Returns (longest gap between two answers in seconds, answers, sent).
+        """
+        count = int(seconds / 0.1)
+        argv = ["ping", "-n", "-i", "0.1", "-W", "1", "-c", str(count), target_ip]
+        process = self.lab.host(source).popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        time.sleep(action_at)
+        action()
+        out, _ = process.communicate(timeout=seconds + 15)
+        answered = sorted(
+            {
+                int(word.split("=")[1])
+                for line in out.splitlines()
+                for word in line.split()
+                if word.startswith("icmp_seq=")
+            }
+        )
+        if len(answered) < 2:
+            return (seconds, len(answered), count)
+        gaps = [b - a for a, b in pairwise(answered)]
+        gaps.append(count - answered[-1])
+        return (round(max(gaps) * 0.1, 1), len(answered), count)
 
     def close(self) -> None:
         for name in list(self.pop_processes):

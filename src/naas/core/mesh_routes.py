@@ -1,0 +1,81 @@
+"""One member's routing state: its own live links, everyone's signed link state, and
+the next hop towards each member.
+
+Theory of operation. NodeCore measures its direct links with probes and hands the
+live ones (neighbour -> RTT in microseconds) to ``links_measured``; when they changed
+beyond the hysteresis of ``routing.LocalLinks``, a signed delta comes back for NodeCore
+to flood. Deltas from other members arrive through ``received`` (signature checked
+against the origin's certificate key, then applied; a gap asks the sender for the
+origin's history). ``next_hop(dst)`` recomputes shortest paths lazily, only after
+something changed. Everything is pure: the caller owns time and I/O.
+"""
+
+from __future__ import annotations
+
+from naas.core.routing import (
+    ApplyResult,
+    LinkStateDatabase,
+    LinkStateDelta,
+    LocalLinks,
+    Route,
+    compute_routes,
+    sign_delta,
+    verify_delta,
+)
+
+
+class MeshRoutes:
+    def __init__(self, node_id: int, signing_private: bytes, *, first_seq: int) -> None:
+        self.node_id = node_id
+        self._signing_private = signing_private
+        self._local = LocalLinks(node_id, first_seq)
+        self._live: dict[int, int] = {}
+        self.database = LinkStateDatabase()
+        self._routes: dict[int, Route] = {}
+        self._dirty = True
+
+    def mark_dirty(self) -> None:
+        self._dirty = True
+
+    def table(self) -> dict[int, Route]:
+        if self._dirty:
+            self._routes = compute_routes(self.node_id, self.database, self._live)
+            self._dirty = False
+        return self._routes
+
+    def next_hop(self, destination: int) -> int | None:
+        route = self.table().get(destination)
+        return route.next_hop if route is not None else None
+
+    def links_measured(self, live: dict[int, int]) -> LinkStateDelta | None:
+        """This member's live direct links now; a signed delta to flood if they changed."""
+        if live != self._live:
+            self._live = dict(live)
+            self._dirty = True
+        delta = self._local.update(live)
+        return self._signed(delta) if delta is not None else None
+
+    def full_state(self) -> LinkStateDelta:
+        """A signed full advertisement of this member's links (sent to new peers)."""
+        return self._signed(self._local.full_delta())
+
+    def _signed(self, delta: LinkStateDelta) -> LinkStateDelta:
+        signed = sign_delta(delta, self._signing_private)
+        self.database.apply(signed)
+        return signed
+
+    def received(self, delta: LinkStateDelta, origin_signing_public: bytes) -> ApplyResult | None:
+        """Apply another member's delta; None if it is ours or its signature is bad."""
+        if delta.origin == self.node_id or not verify_delta(delta, origin_signing_public):
+            return None
+        result = self.database.apply(delta)
+        if result is ApplyResult.APPLIED:
+            self._dirty = True
+        return result
+
+    def history(self, origin: int) -> list[LinkStateDelta]:
+        return self.database.signed_history(origin)
+
+    def forget(self, origin: int) -> None:
+        self.database.forget(origin)
+        self._dirty = True
