@@ -3,8 +3,11 @@
 Sites onprem, aws and alibaba are separate underlay subnets joined by a router; the
 PoPs master and slave sit on-prem; five clients are spread over the sites. The demo
 runs the real commands (init, pop, invite, naas-enrollment on every client), checks
-that every member pings every other over naas0, point to point, prints what happened
-and removes the lab (``--keep`` leaves it up; ``naas demo down`` removes it).
+that every member pings every other over naas0, point to point, then replays the
+failure of the user's video: desktop's firewall blocks both PoPs, the pings reroute
+through other members and go direct again when the rules go; finally both PoPs stop
+and the members keep talking. It prints what happened and removes the lab
+(``--keep`` leaves it up; ``naas demo down`` removes it).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from naas.cli.common import CliError, say
@@ -109,7 +113,69 @@ def _run(story: Story, lab: Lab) -> bool:
     say("  " + result.stdout.strip().replace("\n", "\n  "))
     direct = _all_direct(story)
     say(f"  every client reaches every other client directly: {'yes' if direct else 'NO'}")
-    return not failed and direct
+    rerouted = _pops_cut_off(story, lab)
+    survives = _pops_gone(story)
+    return not failed and direct and rerouted and survives
+
+
+def _pops_cut_off(story: Story, lab: Lab) -> bool:
+    """As in the video: desktop's firewall blocks master and slave; traffic reroutes."""
+    _step("desktop's firewall blocks master and slave (nftables + conntrack flush)")
+    master_ip = story.overlay_ip("master")
+
+    def block() -> None:
+        lab.block("desktop", "master")
+        lab.block("desktop", "slave")
+
+    outage, answered, sent = story.ping_outage("desktop", master_ip, seconds=8, action_at=1.5, action=block)
+    say(f"  0.1 s ping desktop -> master: {answered}/{sent} answered, longest outage {outage:.1f} s")
+    paths = _wait_paths(story, "desktop", ("master", "slave"), lambda p: p.startswith("via "))
+    rtt = story.ping("desktop", master_ip, count=5)
+    for pop, path in paths.items():
+        say(f"  desktop -> {pop}: {path}")
+    say(f"  ping desktop -> master now: {rtt:.2f} ms (through another member)" if rtt else "  NO ANSWER")
+    _step("the firewall rules are removed: paths go direct again")
+
+    def unblock() -> None:
+        lab.unblock("desktop", "master")
+        lab.unblock("desktop", "slave")
+
+    back, answered, sent = story.ping_outage("desktop", master_ip, seconds=6, action_at=1.5, action=unblock)
+    say(f"  0.1 s ping desktop -> master: {answered}/{sent} answered, longest outage {back:.1f} s")
+    direct = _wait_paths(story, "desktop", ("master", "slave"), lambda p: p == "direct")
+    for pop, path in direct.items():
+        say(f"  desktop -> {pop}: {path}")
+    cut_ok = all(p.startswith("via ") for p in paths.values()) and rtt is not None
+    return cut_ok and all(p == "direct" for p in direct.values())
+
+
+def _pops_gone(story: Story) -> bool:
+    """PoPs are meeting points only: stop both, the members still reach each other."""
+    _step("both PoPs stop: the members keep talking")
+    for pop in POPS:
+        story.stop_pop(pop)
+    ips = {client: story.overlay_ip(client) for client in story.clients}
+    answered = sum(
+        1
+        for source in story.clients
+        for target in story.clients
+        if source != target and story.ping(source, ips[target], count=1, wait=2) is not None
+    )
+    pairs = len(story.clients) * (len(story.clients) - 1)
+    say(f"  {answered}/{pairs} client pairs answered with master and slave stopped")
+    return answered == pairs
+
+
+def _wait_paths(
+    story: Story, host: str, peers: tuple[str, ...], done: Callable[[str], bool]
+) -> dict[str, str]:
+    """The paths ``host`` sees to ``peers``, once they all satisfy ``done`` (at most 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        paths = {p["name"]: p["path"] for p in story.status(host)["peers"] if p["name"] in peers}
+        if all(done(path) for path in paths.values()) or time.monotonic() > deadline:
+            return paths
+        time.sleep(0.2)
 
 
 def _all_direct(story: Story) -> bool:
