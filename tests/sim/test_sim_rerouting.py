@@ -79,3 +79,21 @@ def test_relay_refuses_strangers_and_exhausted_hop_limits() -> None:
     b.datagrams_received([(with_hop_limit(datagram, 1), net.address_of("a"))], net.now)
     assert b.drops[DropReason.HOP_LIMIT_EXCEEDED] == 1
     assert b.take_datagrams() == []
+
+
+def test_own_deltas_from_an_earlier_life_are_outrun() -> None:
+    """A restarted member whose clock went back sees its old, higher-seq delta again."""
+    from naas.core.control_messages import LinkState
+    from naas.core.routing import LinkStateDelta, sign_delta
+
+    net, cores = build_triangle()
+    a, b = cores["a"], cores["b"]
+    future = sign_delta(
+        LinkStateDelta(a.node_id, 2**62, True, ((b.node_id, 500),)), a.identity.signing_private
+    )
+    a._link_state_received(a.peers[b.node_id], LinkState((future,)), net.now)  # b sends it back
+    net.run(2.0)
+    assert b.routes.database.seq_of(a.node_id) is not None
+    assert b.routes.database.seq_of(a.node_id) >= 2**62 + 1  # type: ignore[operator]
+    status = a.status(net.now)
+    assert status["relayed"] == {"packets": 0, "bytes": 0}

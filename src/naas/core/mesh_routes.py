@@ -73,6 +73,14 @@ class MeshRoutes:
             self._dirty = True
         return result
 
+    def own_delta_seen(self, delta: LinkStateDelta, own_signing_public: bytes) -> LinkStateDelta | None:
+        """A delta of ours came back: if it is from an earlier life of this member (seq not
+        below ours), a signed full delta that outruns it, to flood; else None."""
+        if delta.origin != self.node_id or not verify_delta(delta, own_signing_public):
+            return None
+        newer = self._local.outrun(delta.seq)
+        return self._signed(newer) if newer is not None else None
+
     def history(self, origin: int) -> list[LinkStateDelta]:
         return self.database.signed_history(origin)
 

@@ -546,6 +546,11 @@ class NodeCore:
         """Apply signed deltas and flood what was new to everyone else; ask on a gap."""
         fresh = []
         for delta in message.deltas:
+            if delta.origin == self.node_id:
+                newer = self.routes.own_delta_seen(delta, self.identity.certificate.signing_public)
+                if newer is not None:
+                    fresh.append(newer)
+                continue
             origin = self.peers.get(delta.origin)
             if origin is None:
                 continue  # not a member we know (yet): its certificate will come by gossip
@@ -777,6 +782,7 @@ class NodeCore:
                 "mtu": self.mtu,
             },
             "peers": peers,
+            "relayed": {"packets": self.relayed_packets, "bytes": self.relayed_bytes},
             "drops": {
                 reason.value: count for reason, count in sorted(self.drops.items(), key=lambda i: i[0].value)
             },
