@@ -10,6 +10,7 @@ decrypted traffic and in tests; they are rare next to data frames.
     members    {"t": "members", "members": [member records]}       membership gossip
     lsd        {"t": "lsd", "deltas": [signed link-state deltas]}   routing (core/routing.py)
     lsd_req    {"t": "lsd_req", "origin": node id}                  "send me its history"
+    lsd_digest {"t": "lsd_digest", "seqs": [[origin, seq], ...]}    anti-entropy for link state
 """
 
 from __future__ import annotations
@@ -52,9 +53,15 @@ class LinkStateRequest:
     origin: int
 
 
-MAX_DELTAS_PER_MESSAGE = 64
+@dataclass(frozen=True, slots=True)
+class LinkStateDigest:
+    seqs: tuple[tuple[int, int], ...]  # (origin, newest seq held)
 
-ControlMessage = Probe | ProbeAck | Members | LinkState | LinkStateRequest
+
+MAX_DELTAS_PER_MESSAGE = 64
+MAX_DIGEST_ENTRIES = 2048
+
+ControlMessage = Probe | ProbeAck | Members | LinkState | LinkStateRequest | LinkStateDigest
 
 
 def encode_control(message: ControlMessage) -> bytes:
@@ -68,6 +75,8 @@ def encode_control(message: ControlMessage) -> bytes:
         body = {"t": "members", "members": [member_to_dict(m) for m in message.members]}
     elif isinstance(message, LinkState):
         body = {"t": "lsd", "deltas": [encode_delta(d) for d in message.deltas]}
+    elif isinstance(message, LinkStateDigest):
+        body = {"t": "lsd_digest", "seqs": [list(pair) for pair in message.seqs]}
     else:
         body = {"t": "lsd_req", "origin": message.origin}
     return bytes((INNER_CONTROL,)) + canonical_json(body)
@@ -100,6 +109,20 @@ def decode_control_untrusted(payload: bytes) -> ControlMessage:
             if not isinstance(raw, list) or len(raw) > MAX_DELTAS_PER_MESSAGE:
                 raise BadPacket(DropReason.BAD_CONTROL, "bad delta list")
             return LinkState(tuple(decode_delta_untrusted(d) for d in raw))
+        if kind == "lsd_digest":
+            raw = body.get("seqs")
+            if not isinstance(raw, list) or len(raw) > MAX_DIGEST_ENTRIES:
+                raise BadPacket(DropReason.BAD_CONTROL, "bad digest")
+            pairs = []
+            for item in raw:
+                if (
+                    not isinstance(item, list)
+                    or len(item) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item)
+                ):
+                    raise BadPacket(DropReason.BAD_CONTROL, "bad digest entry")
+                pairs.append((item[0], item[1]))
+            return LinkStateDigest(tuple(pairs))
         if kind == "lsd_req":
             origin = body.get("origin")
             if not isinstance(origin, int) or isinstance(origin, bool) or not 0 < origin <= 0xFFFFFFFF:

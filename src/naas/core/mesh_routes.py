@@ -12,6 +12,8 @@ something changed. Everything is pure: the caller owns time and I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from naas.core.routing import (
     ApplyResult,
     LinkStateDatabase,
@@ -47,13 +49,25 @@ class MeshRoutes:
         route = self.table().get(destination)
         return route.next_hop if route is not None else None
 
-    def links_measured(self, live: dict[int, int]) -> LinkStateDelta | None:
-        """This member's live direct links now; a signed delta to flood if they changed."""
+    def links_measured(self, live: dict[int, int], *, advertise: bool = True) -> LinkStateDelta | None:
+        """This member's live direct links now; a signed delta to flood if they changed.
+
+        Routes follow ``live`` at once; with ``advertise`` False the delta waits (batching
+        link-ups), and the next call with ``advertise`` True carries every change since.
+        """
         if live != self._live:
             self._live = dict(live)
             self._dirty = True
+        if not advertise:
+            return None
         delta = self._local.update(live)
         return self._signed(delta) if delta is not None else None
+
+    def neighbours_of(self, origin: int) -> Mapping[int, int]:
+        """The live links ``origin`` last advertised (ours: the live ones now)."""
+        if origin == self.node_id:
+            return self._live
+        return self.database.adjacency(origin)
 
     def full_state(self) -> LinkStateDelta:
         """A signed full advertisement of this member's links (sent to new peers)."""
@@ -66,7 +80,12 @@ class MeshRoutes:
 
     def received(self, delta: LinkStateDelta, origin_signing_public: bytes) -> ApplyResult | None:
         """Apply another member's delta; None if it is ours or its signature is bad."""
-        if delta.origin == self.node_id or not verify_delta(delta, origin_signing_public):
+        if delta.origin == self.node_id:
+            return None
+        known = self.database.seq_of(delta.origin)
+        if known is not None and delta.seq <= known:
+            return ApplyResult.STALE  # duplicates are common in a flood: skip the signature check
+        if not verify_delta(delta, origin_signing_public):
             return None
         result = self.database.apply(delta)
         if result is ApplyResult.APPLIED:

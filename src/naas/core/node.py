@@ -41,6 +41,8 @@ from naas.core import arp, dhcp
 from naas.core.constants import (
     GOSSIP_INTERVAL,
     LINK_DOWN_AFTER_MISSES,
+    LINK_STATE_BATCH_INTERVAL,
+    LINK_STATE_DIGEST_INTERVAL,
     LINK_STATE_RESYNC_INTERVAL,
     MAX_ENDPOINTS_PER_MEMBER,
     MAX_MEMBERS_PER_GOSSIP,
@@ -53,8 +55,10 @@ from naas.core.constants import (
 )
 from naas.core.control_messages import (
     MAX_DELTAS_PER_MESSAGE,
+    MAX_DIGEST_ENTRIES,
     ControlMessage,
     LinkState,
+    LinkStateDigest,
     LinkStateRequest,
     Members,
     Probe,
@@ -98,6 +102,7 @@ from naas.model.ids import NodeId, format_mac, mac_for_node
 from naas.model.network import MemberRecord, NetworkInfo
 
 _KEEPALIVE = bytes((INNER_KEEPALIVE,))
+MAX_DIGEST_REQUESTS = 16  # link-state exchanges one digest may trigger, each way
 _FRAME = bytes((INNER_FRAME,))
 _ETHERTYPE_ARP = b"\x08\x06"
 _ETHERTYPE_IPV4 = b"\x08\x00"
@@ -151,6 +156,8 @@ class NodeCore:
         self._link_was_up: dict[int, bool] = {}
         self._next_gossip_at = now + GOSSIP_INTERVAL
         self._next_link_state_at = now + LINK_STATE_RESYNC_INTERVAL
+        self._next_delta_at = now
+        self._next_digest_at = now + LINK_STATE_DIGEST_INTERVAL
         self._next_deadline = now
         self.mac_table = MacTable(self.node_id)
         self._max_frame = mtu + ETHERNET_HEADER_LEN + 4  # one VLAN tag allowed
@@ -533,6 +540,8 @@ class NodeCore:
                 self._learn_member(record, now, gossip=True, source=peer.node_id)
         elif isinstance(message, LinkState):
             self._link_state_received(peer, message, now)
+        elif isinstance(message, LinkStateDigest):
+            self._link_state_digest_received(peer, message, now)
         else:
             history = self.routes.history(message.origin)
             for start in range(0, len(history), MAX_DELTAS_PER_MESSAGE):
@@ -564,22 +573,62 @@ class NodeCore:
         if fresh:
             self._flood_link_state(tuple(fresh), now, exclude=sender.node_id)
 
+    def _link_state_digest_received(self, sender: Peer, digest: LinkStateDigest, now: float) -> None:
+        """Anti-entropy: ask for what the sender has newer; send what we have newer."""
+        asked = sent = 0
+        database = self.routes.database
+        for origin, seq in digest.seqs:
+            ours = database.seq_of(origin) or 0
+            if seq > ours and asked < MAX_DIGEST_REQUESTS and origin in self.peers:
+                self._send_control(sender, LinkStateRequest(origin), now)
+                asked += 1
+            elif seq < ours and sent < MAX_DIGEST_REQUESTS:
+                self._send_control(
+                    sender, LinkState(tuple(self.routes.history(origin)[-MAX_DELTAS_PER_MESSAGE:])), now
+                )
+                sent += 1
+
+    def _send_link_state_digest(self, now: float) -> None:
+        candidates = [p for p in self.peers.values() if p.send_session(now) is not None]
+        if not candidates:
+            return
+        chosen = candidates[self._random(1)[0] % len(candidates)]
+        database = self.routes.database
+        seqs = [(o, seq) for o in database.origins() if (seq := database.seq_of(o)) is not None]
+        self._send_control(chosen, LinkStateDigest(tuple(seqs[:MAX_DIGEST_ENTRIES])), now)
+
     def _flood_link_state(self, deltas: tuple[LinkStateDelta, ...], now: float, exclude: int | None) -> None:
+        """Send deltas on. An origin sends its own to every member it has a session with
+        (direct or relayed); a member passing on someone else's skips the origin's live
+        neighbours, which heard it from the origin itself. In a healthy full mesh nothing
+        is passed on at all; after a cut, the far side still hears about it."""
         message = encode_control(LinkState(deltas))
         origins = {d.origin for d in deltas}
+        heard_directly: set[int] = set()
+        for origin in origins - {self.node_id}:
+            heard_directly.update(self.routes.neighbours_of(origin))
         for peer in self.peers.values():
-            if peer.node_id != exclude and peer.node_id not in origins and peer.send_session(now):
+            node = peer.node_id
+            if node == exclude or node in origins or (node in heard_directly and len(origins) == 1):
+                continue
+            if peer.send_session(now):
                 self._send_inner(peer, message, now)
 
-    def _update_local_links(self, now: float) -> None:
-        """Tell the routes which direct links are alive; flood our delta if they changed."""
+    def _update_local_links(self, now: float, urgent: bool = False) -> None:
+        """Tell the routes which direct links are alive; flood our delta if they changed.
+
+        A lost link is advertised at once (``urgent``); new links and cost changes at
+        most every LINK_STATE_BATCH_INTERVAL, so links coming up together cost one delta.
+        """
         live = {
             peer.node_id: max(1, int(peer.stats.rtt * 1_000_000))
             for peer in self.peers.values()
             if peer.direct_up and peer.stats.rtt is not None and peer.send_session(now) is not None
         }
-        delta = self.routes.links_measured(live)
+        advertise = urgent or now >= self._next_delta_at
+        delta = self.routes.links_measured(live, advertise=advertise)
         if delta is not None:
+            self._next_delta_at = now + LINK_STATE_BATCH_INTERVAL
             self._flood_link_state((delta,), now, exclude=None)
 
     def _send_link_state_table(self, peer: Peer, now: float) -> None:
@@ -701,9 +750,15 @@ class NodeCore:
             if session is not None:
                 deadline = min(deadline, peer.next_probe_at)
         self._update_local_links(now)
+        if now >= self._next_digest_at:
+            self._next_digest_at = now + LINK_STATE_DIGEST_INTERVAL
+            self._send_link_state_digest(now)
         if now >= self._next_link_state_at:
             self._next_link_state_at = now + LINK_STATE_RESYNC_INTERVAL
-            self._flood_link_state((self.routes.full_state(),), now, exclude=None)
+            candidates = [p for p in self.peers.values() if p.send_session(now) is not None]
+            if candidates:  # anti-entropy: our full state to one random member
+                chosen = candidates[self._random(1)[0] % len(candidates)]
+                self._send_control(chosen, LinkState((self.routes.full_state(),)), now)
         if now >= self._next_gossip_at:
             self._next_gossip_at = now + GOSSIP_INTERVAL
             candidates = [p for p in self.peers.values() if p.send_session(now) is not None]
@@ -720,7 +775,7 @@ class NodeCore:
         misses = stats.unanswered
         if misses >= LINK_DOWN_AFTER_MISSES and peer.direct_up:
             peer.direct_up = False
-            self._update_local_links(now)
+            self._update_local_links(now, urgent=True)
         address = peer.current_endpoint or (peer.endpoints[0] if peer.endpoints else None)
         if address is None:
             return
