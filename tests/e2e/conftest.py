@@ -6,6 +6,7 @@ alibaba 10.100.3.0/24: ali-db-1                   (one router joins the sites)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -51,19 +52,30 @@ def teardown_story(lab: Lab, story: Story) -> None:
         shutil.rmtree(story.workdir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def enrolled_story() -> Iterator[Story]:
-    """Layer-3 story: PoPs up, every client enrolled."""
+@contextlib.contextmanager
+def running_story(
+    hosts: dict[str, str] | None = None, *, layer3: bool = True, enroll: tuple[str, ...] | None = None
+) -> Iterator[Story]:
+    """A story with its PoPs up and ``enroll`` clients enrolled (None: all of them)."""
     if not _can_build_labs():
         pytest.skip("needs root, ip and /dev/net/tun")
-    lab, story = build_story()
+    lab, story = build_story(layer3=layer3, hosts=hosts)
     try:
         story.write_config()
         story.init()
         for pop in ("master", "slave"):
             story.start_pop(pop)
         story.invite()
-        story.enroll_all()
+        for client in story.clients if enroll is None else enroll:
+            result = story.enroll(client)
+            assert result.returncode == 0, result.stderr
         yield story
     finally:
         teardown_story(lab, story)
+
+
+@pytest.fixture(scope="module")
+def enrolled_story() -> Iterator[Story]:
+    """Layer-3 story: PoPs up, every client enrolled."""
+    with running_story() as story:
+        yield story

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import build_story, requires_root, teardown_story
+from conftest import requires_root, running_story
 
 from naas.lab.story import Story, enrollment_argv
 from naas.model.codec import b64e
@@ -24,15 +24,8 @@ HOSTS = {"master": "onprem", "slave": "onprem", "desktop": "onprem", "aws-web-1"
 
 @pytest.fixture(scope="module")
 def story() -> Iterator[Story]:
-    lab, story = build_story(hosts=HOSTS)
-    try:
-        story.write_config()
-        story.init()
-        story.start_pop("master")
-        story.start_pop("slave")
+    with running_story(HOSTS, enroll=()) as story:
         yield story
-    finally:
-        teardown_story(lab, story)
 
 
 def _try_enroll(story: Story, client: str, url: str, timeout: float = 90) -> tuple[int, str, Path]:

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import build_story, requires_root, teardown_story
+from conftest import requires_root, running_story
 
 from naas.lab.story import Story
 
@@ -26,17 +26,8 @@ HOSTS = {"master": "onprem", "slave": "onprem", "desktop": "onprem", "aws-web-1"
 
 @pytest.fixture(scope="module")
 def story() -> Iterator[Story]:
-    lab, story = build_story(layer3=False, hosts=HOSTS)
-    try:
-        story.write_config()
-        story.init()
-        story.start_pop("master")
-        story.start_pop("slave")
-        story.invite()
-        story.enroll_all()
+    with running_story(HOSTS, layer3=False) as story:
         yield story
-    finally:
-        teardown_story(lab, story)
 
 
 def sh(story: Story, host: str, *commands: str) -> None:

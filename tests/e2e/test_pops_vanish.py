@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from itertools import permutations
 
 import pytest
-from conftest import build_story, requires_root, teardown_story
+from conftest import requires_root, running_story
 
 from naas.lab.story import NETWORK, Story
 
@@ -31,18 +31,8 @@ CLIENTS = ("desktop", "aws-web-1", "ali-db-1")
 
 @pytest.fixture(scope="module")
 def story() -> Iterator[Story]:
-    lab, story = build_story(hosts=HOSTS)
-    try:
-        story.write_config()
-        story.init()
-        story.start_pop("master")
-        story.start_pop("slave")
-        story.invite()
-        for client in ("desktop", "aws-web-1"):
-            assert story.enroll(client).returncode == 0
+    with running_story(HOSTS, enroll=("desktop", "aws-web-1")) as story:
         yield story
-    finally:
-        teardown_story(lab, story)
 
 
 def _ping_with_retries(story: Story, source: str, target: str, attempts: int = 8) -> float | None:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import build_story, requires_root, teardown_story
+from conftest import requires_root, running_story
 
 from naas.lab.story import NETWORK, Story
 
@@ -27,18 +27,9 @@ HOSTS = {
 
 @pytest.fixture(scope="module")
 def story() -> Iterator[Story]:
-    lab, story = build_story(hosts=HOSTS)
-    try:
-        story.write_config()
-        story.init()
-        story.start_pop("master")
-        story.start_pop("slave")
-        story.invite()
-        story.enroll_all()
+    with running_story(HOSTS) as story:
         assert all(rtt is not None for rtt in story.ping_matrix().values())
         yield story
-    finally:
-        teardown_story(lab, story)
 
 
 def _path(story: Story, host: str, peer: str) -> str:
