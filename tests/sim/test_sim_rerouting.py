@@ -97,3 +97,27 @@ def test_own_deltas_from_an_earlier_life_are_outrun() -> None:
     assert b.routes.database.seq_of(a.node_id) >= 2**62 + 1  # type: ignore[operator]
     status = a.status(net.now)
     assert status["relayed"] == {"packets": 0, "bytes": 0}
+
+
+def test_link_state_table_of_a_large_mesh_is_split_into_messages_that_parse() -> None:
+    """80 full deltas of 79 links each: too much for one control message."""
+    from naas.core.routing import LinkStateDelta
+
+    net, cores = build_triangle()
+    a, b = cores["a"], cores["b"]
+    n = 80
+    deltas = [
+        LinkStateDelta(o, 10**12 + o, True, tuple((j, 25_000) for j in range(1, n + 1) if j != o), b"\1" * 64)
+        for o in range(1, n + 1)
+    ]
+    a.take_datagrams()
+    peer = a.peers[b.node_id]
+    sent_before = peer.stats.tx_packets
+    a._send_deltas(peer, deltas, net.now)
+    datagrams = a.take_datagrams()
+    assert len(datagrams) == peer.stats.tx_packets - sent_before > 1
+    received: list[LinkStateDelta] = []
+    b._link_state_received = lambda sender, message, now: received.extend(message.deltas)  # type: ignore[method-assign]
+    b.datagrams_received([(d, net.address_of("a")) for d, _ in datagrams], net.now)
+    assert sum(b.drops.values()) == 0, b.drops
+    assert received == deltas

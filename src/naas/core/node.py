@@ -103,6 +103,7 @@ from naas.model.network import MemberRecord, NetworkInfo
 
 _KEEPALIVE = bytes((INNER_KEEPALIVE,))
 MAX_DIGEST_REQUESTS = 16  # link-state exchanges one digest may trigger, each way
+LINK_STATE_MESSAGE_BYTES = 24_000  # packing budget of one lsd message (limit: MAX_CONTROL_BYTES)
 _FRAME = bytes((INNER_FRAME,))
 _ETHERTYPE_ARP = b"\x08\x06"
 _ETHERTYPE_IPV4 = b"\x08\x00"
@@ -543,11 +544,7 @@ class NodeCore:
         elif isinstance(message, LinkStateDigest):
             self._link_state_digest_received(peer, message, now)
         else:
-            history = self.routes.history(message.origin)
-            for start in range(0, len(history), MAX_DELTAS_PER_MESSAGE):
-                self._send_control(
-                    peer, LinkState(tuple(history[start : start + MAX_DELTAS_PER_MESSAGE])), now
-                )
+            self._send_deltas(peer, self.routes.history(message.origin), now)
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -583,9 +580,7 @@ class NodeCore:
                 self._send_control(sender, LinkStateRequest(origin), now)
                 asked += 1
             elif seq < ours and sent < MAX_DIGEST_REQUESTS:
-                self._send_control(
-                    sender, LinkState(tuple(self.routes.history(origin)[-MAX_DELTAS_PER_MESSAGE:])), now
-                )
+                self._send_deltas(sender, self.routes.history(origin), now)
                 sent += 1
 
     def _send_link_state_digest(self, now: float) -> None:
@@ -637,8 +632,22 @@ class NodeCore:
         for origin in self.routes.database.origins():
             if origin != self.node_id and origin != peer.node_id:
                 deltas += self.routes.history(origin)
-        for start in range(0, len(deltas), MAX_DELTAS_PER_MESSAGE):
-            self._send_control(peer, LinkState(tuple(deltas[start : start + MAX_DELTAS_PER_MESSAGE])), now)
+        self._send_deltas(peer, deltas, now)
+
+    def _send_deltas(self, peer: Peer, deltas: list[LinkStateDelta], now: float) -> None:
+        """Signed deltas to ``peer``, packed in order into messages that stay well under
+        MAX_CONTROL_BYTES (a full delta of a large mesh costs ~15 bytes per link)."""
+        batch: list[LinkStateDelta] = []
+        size = 0
+        for delta in deltas:
+            cost = 120 + 16 * len(delta.links)  # JSON bytes, an upper bound
+            if batch and (size + cost > LINK_STATE_MESSAGE_BYTES or len(batch) == MAX_DELTAS_PER_MESSAGE):
+                self._send_control(peer, LinkState(tuple(batch)), now)
+                batch, size = [], 0
+            batch.append(delta)
+            size += cost
+        if batch:
+            self._send_control(peer, LinkState(tuple(batch)), now)
 
     # -- membership -----------------------------------------------------------------------------
 
