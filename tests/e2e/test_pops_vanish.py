@@ -19,19 +19,12 @@ from naas.lab.story import NETWORK, Story
 
 pytestmark = [pytest.mark.netns, requires_root]
 
-HOSTS = {
-    "master": "onprem",
-    "slave": "onprem",
-    "desktop": "onprem",
-    "aws-web-1": "aws",
-    "ali-db-1": "alibaba",
-}
 CLIENTS = ("desktop", "aws-web-1", "ali-db-1")
 
 
 @pytest.fixture(scope="module")
 def story() -> Iterator[Story]:
-    with running_story(HOSTS, enroll=("desktop", "aws-web-1")) as story:
+    with running_story(enroll=("desktop", "aws-web-1")) as story:
         yield story
 
 

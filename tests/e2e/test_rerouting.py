@@ -16,18 +16,10 @@ from naas.lab.story import NETWORK, Story
 
 pytestmark = [pytest.mark.netns, requires_root]
 
-HOSTS = {
-    "master": "onprem",
-    "slave": "onprem",
-    "desktop": "onprem",
-    "aws-web-1": "aws",
-    "ali-db-1": "alibaba",
-}
-
 
 @pytest.fixture(scope="module")
 def story() -> Iterator[Story]:
-    with running_story(HOSTS) as story:
+    with running_story() as story:
         assert all(rtt is not None for rtt in story.ping_matrix().values())
         yield story
 

@@ -102,7 +102,3 @@ class MeshRoutes:
 
     def history(self, origin: int) -> list[LinkStateDelta]:
         return self.database.signed_history(origin)
-
-    def forget(self, origin: int) -> None:
-        self.database.forget(origin)
-        self._dirty = True

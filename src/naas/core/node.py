@@ -774,7 +774,10 @@ class NodeCore:
             if candidates:
                 chosen = candidates[self._random(1)[0] % len(candidates)]
                 self._send_member_table(chosen, now)
-        self._next_deadline = max(now + 0.01, min(deadline, self._next_gossip_at))
+        link_state_at = min(self._next_digest_at, self._next_link_state_at)
+        if self._next_delta_at > now:  # a batched link-up may be waiting for it
+            link_state_at = min(link_state_at, self._next_delta_at)
+        self._next_deadline = max(now + 0.01, min(deadline, self._next_gossip_at, link_state_at))
 
     def _probe(self, peer: Peer, now: float) -> None:
         """Probe the direct link to ``peer`` (never relayed). A miss makes the next probe

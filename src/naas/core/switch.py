@@ -41,10 +41,6 @@ class MacTable:
             return None
         return entry[0]
 
-    def forget_node(self, node: int) -> None:
-        for mac in [m for m, (n, _) in self._learned.items() if n == node]:
-            del self._learned[mac]
-
     def expire(self, now: float) -> None:
         for mac in [m for m, (_, seen) in self._learned.items() if now - seen > LEARNED_MAC_TTL]:
             del self._learned[mac]

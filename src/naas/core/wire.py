@@ -104,25 +104,6 @@ class BadPacket(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class OuterHeader:
-    type: int
-    hop_limit: int
-    dst_node: int
-    src_node: int
-
-
-def parse_outer_untrusted(datagram: bytes | memoryview) -> OuterHeader:
-    if len(datagram) < OUTER.size:
-        raise BadPacket(DropReason.TOO_SHORT, f"{len(datagram)} bytes")
-    kind, hop_limit, flags, dst, src = OUTER.unpack_from(datagram)
-    if kind not in (TYPE_INITIATION, TYPE_RESPONSE, TYPE_DATA):
-        raise BadPacket(DropReason.UNKNOWN_TYPE, str(kind))
-    if flags:
-        raise BadPacket(DropReason.BAD_FLAGS, hex(flags))
-    return OuterHeader(kind, hop_limit, dst, src)
-
-
-@dataclass(frozen=True, slots=True)
 class Initiation:
     src_node: int
     sender_index: int
