@@ -10,12 +10,22 @@ decrypted traffic and in tests; they are rare next to data frames.
     members    {"t": "members", "members": [member records]}       membership gossip
     lsd        {"t": "lsd", "deltas": [signed link-state deltas]}   routing (core/routing.py)
     lsd_req    {"t": "lsd_req", "origin": node id}                  "send me its history"
-    lsd_digest {"t": "lsd_digest", "seqs": [[origin, seq], ...]}    anti-entropy for link state
+    lsd_sum    {"t": "lsd_sum", "h": hex}                           "my link state hashes to h"
+    lsd_digest {"t": "lsd_digest", "seqs": [[origin, seq], ...], "reply": b}   anti-entropy
+    members_sum    {"t": "members_sum", "h": hex}                   "my member table hashes to h"
+    members_digest {"t": "members_digest", "v": [[node, not_before], ...], "reply": b}
+
+Anti-entropy is two-step so that it costs almost nothing at rest: a 16-byte hash
+(``*_sum``) first, and the full list of versions (``*_digest``) only when the hashes
+differ; the receiver of a digest sends what the sender lacks, and answers with its own
+digest (``reply`` true, never answered) when it lacks something itself.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +56,7 @@ class Members:
 @dataclass(frozen=True, slots=True)
 class LinkState:
     deltas: tuple[LinkStateDelta, ...]
+    flooded: bool = False  # passed on in a flood (the sender also sent it to its neighbours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +67,41 @@ class LinkStateRequest:
 @dataclass(frozen=True, slots=True)
 class LinkStateDigest:
     seqs: tuple[tuple[int, int], ...]  # (origin, newest seq held)
+    reply: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStateSum:
+    hash: bytes  # SUM_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class MembersSum:
+    hash: bytes  # SUM_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class MembersDigest:
+    versions: tuple[tuple[int, int], ...]  # (node id, certificate not_before)
+    reply: bool = False
 
 
 MAX_DELTAS_PER_MESSAGE = 64
 MAX_DIGEST_ENTRIES = 2048
+SUM_BYTES = 16
+_SUM_HEX = re.compile(f"[0-9a-f]{{{2 * SUM_BYTES}}}")
 
-ControlMessage = Probe | ProbeAck | Members | LinkState | LinkStateRequest | LinkStateDigest
+ControlMessage = (
+    Probe
+    | ProbeAck
+    | Members
+    | LinkState
+    | LinkStateRequest
+    | LinkStateDigest
+    | LinkStateSum
+    | MembersSum
+    | MembersDigest
+)
 
 
 def encode_control(message: ControlMessage) -> bytes:
@@ -75,8 +115,16 @@ def encode_control(message: ControlMessage) -> bytes:
         body = {"t": "members", "members": [member_to_dict(m) for m in message.members]}
     elif isinstance(message, LinkState):
         body = {"t": "lsd", "deltas": [encode_delta(d) for d in message.deltas]}
+        if message.flooded:
+            body["flood"] = True
     elif isinstance(message, LinkStateDigest):
-        body = {"t": "lsd_digest", "seqs": [list(pair) for pair in message.seqs]}
+        body = {"t": "lsd_digest", "seqs": [list(pair) for pair in message.seqs], "reply": message.reply}
+    elif isinstance(message, LinkStateSum):
+        body = {"t": "lsd_sum", "h": message.hash.hex()}
+    elif isinstance(message, MembersSum):
+        body = {"t": "members_sum", "h": message.hash.hex()}
+    elif isinstance(message, MembersDigest):
+        body = {"t": "members_digest", "v": [list(pair) for pair in message.versions], "reply": message.reply}
     else:
         body = {"t": "lsd_req", "origin": message.origin}
     return bytes((INNER_CONTROL,)) + canonical_json(body)
@@ -88,7 +136,7 @@ def decode_control_untrusted(payload: bytes) -> ControlMessage:
         raise BadPacket(DropReason.BAD_CONTROL, "too long")
     try:
         body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         raise BadPacket(DropReason.BAD_CONTROL, "not JSON") from None
     if not isinstance(body, dict):
         raise BadPacket(DropReason.BAD_CONTROL, "not an object")
@@ -96,7 +144,14 @@ def decode_control_untrusted(payload: bytes) -> ControlMessage:
     try:
         if kind in ("probe", "probe_ack"):
             seq, ts = body.get("seq"), body.get("ts")
-            if not isinstance(seq, int) or not isinstance(ts, (int, float)):
+            if (
+                not isinstance(seq, int)
+                or isinstance(seq, bool)
+                or seq < 0
+                or not isinstance(ts, (int, float))
+                or isinstance(ts, bool)
+                or not math.isfinite(ts)
+            ):
                 raise BadPacket(DropReason.BAD_CONTROL, "bad probe")
             return Probe(seq, float(ts)) if kind == "probe" else ProbeAck(seq, float(ts))
         if kind == "members":
@@ -108,21 +163,22 @@ def decode_control_untrusted(payload: bytes) -> ControlMessage:
             raw = body.get("deltas")
             if not isinstance(raw, list) or len(raw) > MAX_DELTAS_PER_MESSAGE:
                 raise BadPacket(DropReason.BAD_CONTROL, "bad delta list")
-            return LinkState(tuple(decode_delta_untrusted(d) for d in raw))
-        if kind == "lsd_digest":
-            raw = body.get("seqs")
-            if not isinstance(raw, list) or len(raw) > MAX_DIGEST_ENTRIES:
-                raise BadPacket(DropReason.BAD_CONTROL, "bad digest")
-            pairs = []
-            for item in raw:
-                if (
-                    not isinstance(item, list)
-                    or len(item) != 2
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item)
-                ):
-                    raise BadPacket(DropReason.BAD_CONTROL, "bad digest entry")
-                pairs.append((item[0], item[1]))
-            return LinkStateDigest(tuple(pairs))
+            flooded = body.get("flood", False)
+            if not isinstance(flooded, bool):
+                raise BadPacket(DropReason.BAD_CONTROL, "bad flood flag")
+            return LinkState(tuple(decode_delta_untrusted(d) for d in raw), flooded)
+        if kind in ("lsd_digest", "members_digest"):
+            pairs = _int_pairs(body.get("seqs" if kind == "lsd_digest" else "v"))
+            reply = body.get("reply", False)
+            if not isinstance(reply, bool):
+                raise BadPacket(DropReason.BAD_CONTROL, "bad reply flag")
+            return LinkStateDigest(pairs, reply) if kind == "lsd_digest" else MembersDigest(pairs, reply)
+        if kind in ("lsd_sum", "members_sum"):
+            raw_hash = body.get("h")
+            if not isinstance(raw_hash, str) or not _SUM_HEX.fullmatch(raw_hash):
+                raise BadPacket(DropReason.BAD_CONTROL, "bad sum")
+            digest = bytes.fromhex(raw_hash)
+            return LinkStateSum(digest) if kind == "lsd_sum" else MembersSum(digest)
         if kind == "lsd_req":
             origin = body.get("origin")
             if not isinstance(origin, int) or isinstance(origin, bool) or not 0 < origin <= 0xFFFFFFFF:
@@ -131,3 +187,19 @@ def decode_control_untrusted(payload: bytes) -> ControlMessage:
     except CodecError as exc:
         raise BadPacket(DropReason.BAD_CONTROL, str(exc)) from None
     raise BadPacket(DropReason.BAD_CONTROL, f"unknown type {kind!r}")
+
+
+def _int_pairs(raw: Any) -> tuple[tuple[int, int], ...]:
+    """A digest's list of [positive int, positive int] pairs."""
+    if not isinstance(raw, list) or len(raw) > MAX_DIGEST_ENTRIES:
+        raise BadPacket(DropReason.BAD_CONTROL, "bad digest")
+    pairs = []
+    for item in raw:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item)
+        ):
+            raise BadPacket(DropReason.BAD_CONTROL, "bad digest entry")
+        pairs.append((item[0], item[1]))
+    return tuple(pairs)

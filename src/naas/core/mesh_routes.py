@@ -13,6 +13,7 @@ something changed. Everything is pure: the caller owns time and I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from hashlib import blake2b
 
 from naas.core.routing import (
     ApplyResult,
@@ -35,6 +36,7 @@ class MeshRoutes:
         self.database = LinkStateDatabase()
         self._routes: dict[int, Route] = {}
         self._dirty = True
+        self._summary: bytes | None = None
 
     def mark_dirty(self) -> None:
         self._dirty = True
@@ -69,6 +71,22 @@ class MeshRoutes:
             return self._live
         return self.database.adjacency(origin)
 
+    def linked(self, a: int, b: int) -> bool:
+        """Both ``a`` and ``b`` advertise the link between them (the two-way check)."""
+        return b in self.neighbours_of(a) and a in self.neighbours_of(b)
+
+    def seqs(self) -> list[tuple[int, int]]:
+        """(origin, newest seq held) for every origin, sorted."""
+        database = self.database
+        return sorted((o, seq) for o in database.origins() if (seq := database.seq_of(o)) is not None)
+
+    def summary(self, size: int) -> bytes:
+        """A hash of ``seqs()``: two members holding the same link state have the same one."""
+        if self._summary is None or len(self._summary) != size:
+            flat = ",".join(f"{origin}:{seq}" for origin, seq in self.seqs()).encode()
+            self._summary = blake2b(flat, digest_size=size, person=b"naas-lsd-sum").digest()
+        return self._summary
+
     def full_state(self) -> LinkStateDelta:
         """A signed full advertisement of this member's links (sent to new peers)."""
         return self._signed(self._local.full_delta())
@@ -76,6 +94,7 @@ class MeshRoutes:
     def _signed(self, delta: LinkStateDelta) -> LinkStateDelta:
         signed = sign_delta(delta, self._signing_private)
         self.database.apply(signed)
+        self._summary = None
         return signed
 
     def received(self, delta: LinkStateDelta, origin_signing_public: bytes) -> ApplyResult | None:
@@ -90,6 +109,7 @@ class MeshRoutes:
         result = self.database.apply(delta)
         if result is ApplyResult.APPLIED:
             self._dirty = True
+            self._summary = None
         return result
 
     def own_delta_seen(self, delta: LinkStateDelta, own_signing_public: bytes) -> LinkStateDelta | None:

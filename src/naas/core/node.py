@@ -31,9 +31,11 @@ driven by ``now``; randomness (ephemeral keys, indexes, jitter) comes from the
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from hashlib import blake2b
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -56,11 +58,15 @@ from naas.core.constants import (
 from naas.core.control_messages import (
     MAX_DELTAS_PER_MESSAGE,
     MAX_DIGEST_ENTRIES,
+    SUM_BYTES,
     ControlMessage,
     LinkState,
     LinkStateDigest,
     LinkStateRequest,
+    LinkStateSum,
     Members,
+    MembersDigest,
+    MembersSum,
     Probe,
     ProbeAck,
     decode_control_untrusted,
@@ -73,6 +79,7 @@ from naas.core.mesh_routes import MeshRoutes
 from naas.core.peer import Address, Peer, PendingHandshake
 from naas.core.routing import ApplyResult, LinkStateDelta
 from naas.core.session import Session
+from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER, pair_score, standing_threshold
 from naas.core.switch import MacTable
 from naas.core.wire import (
     DATA_HEAD,
@@ -102,7 +109,6 @@ from naas.model.ids import NodeId, format_mac, mac_for_node
 from naas.model.network import MemberRecord, NetworkInfo
 
 _KEEPALIVE = bytes((INNER_KEEPALIVE,))
-MAX_DIGEST_REQUESTS = 16  # link-state exchanges one digest may trigger, each way
 LINK_STATE_MESSAGE_BYTES = 24_000  # packing budget of one lsd message (limit: MAX_CONTROL_BYTES)
 _FRAME = bytes((INNER_FRAME,))
 _ETHERTYPE_ARP = b"\x08\x06"
@@ -136,6 +142,7 @@ class NodeCore:
         wall_offset: float,
         mtu: int,
         members: Iterable[MemberRecord] = (),
+        full_mesh_up_to: int = FULL_MESH_UP_TO,
     ) -> None:
         self.identity = identity
         self.network = network
@@ -144,6 +151,14 @@ class NodeCore:
         self.mtu = mtu
         self.drops: Counter[DropReason] = Counter()
         self.peers: dict[int, Peer] = {}
+        # peers the timer must look at: wanted ones (standing or active), and any with a
+        # session, a handshake or queued frames; an idle member of a large mesh costs nothing
+        self._tracked: dict[int, Peer] = {}
+        self._by_score: list[tuple[float, int]] = []  # (standing score, node), sorted
+        self.full_mesh_up_to = full_mesh_up_to
+        self._standing_threshold = 1.0
+        self._member_versions: list[tuple[int, int]] | None = None  # (node, not_before), sorted
+        self._members_sum: bytes | None = None
         self._random = random_bytes
         self._wall_offset = wall_offset
         self._last_stamp = 0
@@ -157,7 +172,7 @@ class NodeCore:
         self._link_was_up: dict[int, bool] = {}
         self._next_gossip_at = now + GOSSIP_INTERVAL
         self._next_link_state_at = now + LINK_STATE_RESYNC_INTERVAL
-        self._next_delta_at = now
+        self._next_delta_at = now + LINK_STATE_BATCH_INTERVAL  # the links of a (re)start share one delta
         self._next_digest_at = now + LINK_STATE_DIGEST_INTERVAL
         self._next_deadline = now
         self.mac_table = MacTable(self.node_id)
@@ -230,12 +245,30 @@ class NodeCore:
                 if peer is None:
                     self.drops[DropReason.NO_ROUTE] += 1
                 else:
+                    if peer.active_until < now:
+                        self._activate(peer, now)
+                    peer.active_until = now + IDLE_LINK_AFTER
                     self._send_inner(peer, inner, now)
 
     def _flood(self, inner: bytes, now: float) -> None:
+        """Broadcast: to every member with a session; past the full-mesh size also to the
+        others (a handshake starts, and the session lapses if no unicast follows)."""
+        everyone = self._standing_threshold < 1.0
         for peer in self.peers.values():
-            if peer.send_session(now) is not None:
+            if peer.send_session(now) is not None or (everyone and peer.endpoints):
                 self._send_inner(peer, inner, now)
+
+    def _wanted(self, peer: Peer, now: float) -> bool:
+        """A direct link is kept to ``peer``: a standing one, or frames flowed lately."""
+        return peer.standing_score < self._standing_threshold or peer.active_until > now
+
+    def _activate(self, peer: Peer, now: float) -> None:
+        """Frames flow to or from ``peer``: keep a direct link to it for IDLE_LINK_AFTER."""
+        if not self._wanted(peer, now):
+            self._tracked[peer.node_id] = peer
+            peer.next_probe_at = now
+            self._next_deadline = now
+        peer.active_until = now + IDLE_LINK_AFTER
 
     def _answered_locally(self, frame: bytes, multicast: int) -> bool:
         """ARP for members and this host's DHCP are answered here, never flooded."""
@@ -351,6 +384,9 @@ class NodeCore:
                 raise BadPacket(DropReason.BAD_FRAME)
             frame = inner[1:]
             self.mac_table.learn(frame[6:12], peer.node_id, now)
+            if peer.active_until < now:
+                self._activate(peer, now)
+            peer.active_until = now + IDLE_LINK_AFTER
             self._frames_out.append(frame)
         elif kind == INNER_CONTROL:
             reply_to = None if relayed else address
@@ -386,6 +422,7 @@ class NodeCore:
         first = peer.pending.first_sent_at if peer.pending is not None else now
         peer.pending = PendingHandshake(handshake, index, first, now)
         self._pending_by_index[index] = peer
+        self._tracked[peer.node_id] = peer
         datagram = pack_initiation(peer.node_id, self.node_id, index, message)
         targets = [peer.current_endpoint] if peer.current_endpoint else []
         targets += [e for e in peer.endpoints if e != peer.current_endpoint]
@@ -467,21 +504,24 @@ class NodeCore:
 
     def _install_session(self, peer: Peer, session: Session) -> None:
         self._by_index[session.local_index] = (peer, session)
+        self._tracked[peer.node_id] = peer
         for old in peer.add_session(session):
             self._by_index.pop(old.local_index, None)
         peer.stats.handshakes += 1
 
     def _session_ready(self, peer: Peer, now: float) -> None:
         """A session became usable for sending: flush the queue, greet a new peer."""
-        first = peer.stats.handshakes == 1 and peer.stats.probes_sent == 0
         while peer.queue:
             self._send_inner(peer, peer.queue.popleft(), now)
         peer.next_probe_at = now
         peer.stats.unanswered = 0
-        if first:
+        if not peer.greeted:
+            peer.greeted = True
             self._events.append(NodeEvent("session_started", peer.node_id, peer.name))
-            self._send_member_table(peer, now)
-            self._send_link_state_table(peer, now)
+        # every new session (a first meeting, a rekey, a return after a partition) compares
+        # tables: 2 x 16 bytes, and a digest exchange follows only if they differ
+        self._send_control(peer, MembersSum(self._members_summary()), now)
+        self._send_control(peer, LinkStateSum(self.routes.summary(SUM_BYTES)), now)
         self._next_deadline = now
 
     def _new_index(self) -> int:
@@ -541,8 +581,16 @@ class NodeCore:
                 self._learn_member(record, now, gossip=True, source=peer.node_id)
         elif isinstance(message, LinkState):
             self._link_state_received(peer, message, now)
+        elif isinstance(message, LinkStateSum):
+            if message.hash != self.routes.summary(SUM_BYTES):
+                self._send_control(peer, LinkStateDigest(tuple(self.routes.seqs()[:MAX_DIGEST_ENTRIES])), now)
         elif isinstance(message, LinkStateDigest):
             self._link_state_digest_received(peer, message, now)
+        elif isinstance(message, MembersSum):
+            if message.hash != self._members_summary():
+                self._send_control(peer, MembersDigest(tuple(self._versions()[:MAX_DIGEST_ENTRIES])), now)
+        elif isinstance(message, MembersDigest):
+            self._members_digest_received(peer, message, now)
         else:
             self._send_deltas(peer, self.routes.history(message.origin), now)
 
@@ -568,46 +616,55 @@ class NodeCore:
             elif result is ApplyResult.GAP:
                 self._send_control(sender, LinkStateRequest(delta.origin), now)
         if fresh:
-            self._flood_link_state(tuple(fresh), now, exclude=sender.node_id)
+            self._flood_link_state(tuple(fresh), now, sender.node_id, message.flooded)
 
     def _link_state_digest_received(self, sender: Peer, digest: LinkStateDigest, now: float) -> None:
-        """Anti-entropy: ask for what the sender has newer; send what we have newer."""
-        asked = sent = 0
+        """Anti-entropy: send the history of every origin we hold newer than the sender;
+        if the sender holds some newer, answer with our digest (unless this is an answer)."""
+        theirs = dict(digest.seqs)
+        push: list[LinkStateDelta] = []
+        for origin, seq in self.routes.seqs():
+            if seq > theirs.get(origin, 0):
+                push += self.routes.history(origin)
+        if push:
+            self._send_deltas(sender, push, now)
         database = self.routes.database
-        for origin, seq in digest.seqs:
-            ours = database.seq_of(origin) or 0
-            if seq > ours and asked < MAX_DIGEST_REQUESTS and origin in self.peers:
-                self._send_control(sender, LinkStateRequest(origin), now)
-                asked += 1
-            elif seq < ours and sent < MAX_DIGEST_REQUESTS:
-                self._send_deltas(sender, self.routes.history(origin), now)
-                sent += 1
+        lacking = any(
+            seq > (database.seq_of(origin) or 0) and (origin in self.peers or origin == self.node_id)
+            for origin, seq in digest.seqs
+        )
+        if lacking and not digest.reply:
+            self._send_control(
+                sender, LinkStateDigest(tuple(self.routes.seqs()[:MAX_DIGEST_ENTRIES]), True), now
+            )
 
-    def _send_link_state_digest(self, now: float) -> None:
-        candidates = [p for p in self.peers.values() if p.send_session(now) is not None]
-        if not candidates:
-            return
-        chosen = candidates[self._random(1)[0] % len(candidates)]
-        database = self.routes.database
-        seqs = [(o, seq) for o in database.origins() if (seq := database.seq_of(o)) is not None]
-        self._send_control(chosen, LinkStateDigest(tuple(seqs[:MAX_DIGEST_ENTRIES])), now)
+    def _random_session_peer(self, now: float) -> Peer | None:
+        candidates = [p for p in self._tracked.values() if p.send_session(now) is not None]
+        return candidates[self._random(1)[0] % len(candidates)] if candidates else None
 
-    def _flood_link_state(self, deltas: tuple[LinkStateDelta, ...], now: float, exclude: int | None) -> None:
-        """Send deltas on. An origin sends its own to every member it has a session with
-        (direct or relayed); a member passing on someone else's skips the origin's live
-        neighbours, which heard it from the origin itself. In a healthy full mesh nothing
-        is passed on at all; after a cut, the far side still hears about it."""
-        message = encode_control(LinkState(deltas))
-        origins = {d.origin for d in deltas}
-        heard_directly: set[int] = set()
-        for origin in origins - {self.node_id}:
-            heard_directly.update(self.routes.neighbours_of(origin))
-        for peer in self.peers.values():
+    def _flood_link_state(
+        self, deltas: tuple[LinkStateDelta, ...], now: float, sender: int | None = None, flooded: bool = False
+    ) -> None:
+        """Send deltas on to every member we have a session with (direct or relayed), but
+        skip those that already have them: the origin, its live neighbours (the origin sent
+        them its own), and, if ``sender`` passed them on in a flood, the sender's live
+        neighbours (it sent them too, or skipped them for the same reasons, back to the
+        origin). In a full mesh nothing is passed on at all; in a sparse one each member
+        hears a delta about once; after a cut, the far side still hears about it. Where
+        our view of the links is stale, anti-entropy mends what the flood missed."""
+        message = encode_control(LinkState(deltas, flooded=True))
+        origins = [d.origin for d in deltas]
+        linked = self.routes.linked
+        own = self.node_id
+        for peer in self._tracked.values():
             node = peer.node_id
-            if node == exclude or node in origins or (node in heard_directly and len(origins) == 1):
+            if node == sender or peer.send_session(now) is None:
                 continue
-            if peer.send_session(now):
-                self._send_inner(peer, message, now)
+            if flooded and sender is not None and linked(sender, node):
+                continue
+            if all(node == origin or (origin != own and linked(origin, node)) for origin in origins):
+                continue
+            self._send_inner(peer, message, now)
 
     def _update_local_links(self, now: float, urgent: bool = False) -> None:
         """Tell the routes which direct links are alive; flood our delta if they changed.
@@ -617,22 +674,14 @@ class NodeCore:
         """
         live = {
             peer.node_id: max(1, int(peer.stats.rtt * 1_000_000))
-            for peer in self.peers.values()
+            for peer in self._tracked.values()
             if peer.direct_up and peer.stats.rtt is not None and peer.send_session(now) is not None
         }
         advertise = urgent or now >= self._next_delta_at
         delta = self.routes.links_measured(live, advertise=advertise)
         if delta is not None:
             self._next_delta_at = now + LINK_STATE_BATCH_INTERVAL
-            self._flood_link_state((delta,), now, exclude=None)
-
-    def _send_link_state_table(self, peer: Peer, now: float) -> None:
-        """Everything we know of the link state, in order, to a member we just met."""
-        deltas = [self.routes.full_state()]
-        for origin in self.routes.database.origins():
-            if origin != self.node_id and origin != peer.node_id:
-                deltas += self.routes.history(origin)
-        self._send_deltas(peer, deltas, now)
+            self._flood_link_state((delta,), now)
 
     def _send_deltas(self, peer: Peer, deltas: list[LinkStateDelta], now: float) -> None:
         """Signed deltas to ``peer``, packed in order into messages that stay well under
@@ -667,9 +716,10 @@ class NodeCore:
         peer = self.peers.get(cert.node_id)
         changed = False
         if peer is None:
-            peer = Peer(cert)
+            peer = Peer(cert, standing_score=pair_score(self.node_id, cert.node_id))
             self.peers[cert.node_id] = peer
             self._events.append(NodeEvent("member_learned", cert.node_id, cert.name))
+            self._member_joined(peer)
             changed = True
         elif peer.certificate != cert:
             if cert.not_before < peer.certificate.not_before:
@@ -677,6 +727,7 @@ class NodeCore:
             self._forget_sessions(peer)
             peer.certificate = cert
             self._events.append(NodeEvent("member_updated", cert.node_id, cert.name, "new certificate"))
+            self._member_versions = self._members_sum = None
             changed = True
         if cert.ip is not None:
             self._ip_to_node[cert.ip.ip] = cert.node_id
@@ -685,11 +736,61 @@ class NodeCore:
             if address not in peer.endpoints and len(peer.endpoints) < MAX_ENDPOINTS_PER_MEMBER:
                 peer.endpoints.append(address)  # hearsay goes after what we saw ourselves
                 changed = True
-                if peer.send_session(now) is None and peer.pending is None:
+                if peer.send_session(now) is None and peer.pending is None and self._wanted(peer, now):
                     peer.next_attempt_at = now
+                    self._tracked[peer.node_id] = peer
                     self._next_deadline = now
         if changed and gossip:
             self._gossip_change(peer, now, exclude=source)
+
+    def _member_joined(self, peer: Peer) -> None:
+        """Recompute which members keep standing links (core/standing.py) now that the mesh
+        has one more; the ones that just became standing get the timer's attention."""
+        self._member_versions = self._members_sum = None
+        entry = (peer.standing_score, peer.node_id)
+        bisect.insort(self._by_score, entry)
+        old = self._standing_threshold
+        new = standing_threshold(len(self.peers) + 1, self.full_mesh_up_to)
+        self._standing_threshold = new
+        if new > old:
+            start = bisect.bisect_left(self._by_score, (old, -1))
+            end = bisect.bisect_left(self._by_score, (new, -1))
+            for _score, node in self._by_score[start:end]:
+                self._tracked[node] = self.peers[node]
+        if peer.standing_score < new:
+            self._tracked[peer.node_id] = peer
+
+    def _versions(self) -> list[tuple[int, int]]:
+        """(node, certificate not_before) of every member we know, us included, sorted."""
+        if self._member_versions is None:
+            own = self.identity.certificate
+            versions = [(p.node_id, p.certificate.not_before) for p in self.peers.values()]
+            versions.append((own.node_id, own.not_before))
+            self._member_versions = sorted(versions)
+        return self._member_versions
+
+    def _members_summary(self) -> bytes:
+        if self._members_sum is None:
+            flat = ",".join(f"{node}:{version}" for node, version in self._versions()).encode()
+            self._members_sum = blake2b(flat, digest_size=SUM_BYTES, person=b"naas-members").digest()
+        return self._members_sum
+
+    def _members_digest_received(self, sender: Peer, digest: MembersDigest, now: float) -> None:
+        """Send the member records the sender lacks or holds older; answer with our own
+        digest (unless this is an answer) if the sender knows members we lack."""
+        theirs = dict(digest.versions)
+        own = self.identity.certificate
+        records = [MemberRecord(own)] if theirs.get(own.node_id, 0) < own.not_before else []
+        records += [
+            MemberRecord(p.certificate, p.public_endpoints())
+            for p in self.peers.values()
+            if theirs.get(p.node_id, 0) < p.certificate.not_before and p.node_id != sender.node_id
+        ]
+        for start in range(0, len(records), MAX_MEMBERS_PER_GOSSIP):
+            self._send_control(sender, Members(tuple(records[start : start + MAX_MEMBERS_PER_GOSSIP])), now)
+        ours = dict(self._versions())
+        if not digest.reply and any(version > ours.get(node, 0) for node, version in digest.versions):
+            self._send_control(sender, MembersDigest(tuple(self._versions()[:MAX_DIGEST_ENTRIES]), True), now)
 
     def _forget_sessions(self, peer: Peer) -> None:
         for session in peer.sessions:
@@ -707,20 +808,15 @@ class NodeCore:
         """Flood one changed record to every other member we have a session with."""
         record = MemberRecord(changed.certificate, changed.public_endpoints())
         message = encode_control(Members((record,)))
-        for peer in self.peers.values():
+        for peer in self._tracked.values():
             if peer is not changed and peer.node_id != exclude and peer.send_session(now) is not None:
                 self._send_inner(peer, message, now)
-
-    def _send_member_table(self, peer: Peer, now: float) -> None:
-        records = self.member_records()
-        for start in range(0, len(records), MAX_MEMBERS_PER_GOSSIP):
-            self._send_control(peer, Members(tuple(records[start : start + MAX_MEMBERS_PER_GOSSIP])), now)
 
     # -- timers -------------------------------------------------------------------------------
 
     def timer_fired(self, now: float) -> None:
         deadline = now + PROBE_INTERVAL
-        for peer in self.peers.values():
+        for peer in list(self._tracked.values()):  # handshakes may track more
             for old in peer.expire_sessions(now):
                 self._by_index.pop(old.local_index, None)
             pending = peer.pending
@@ -732,6 +828,9 @@ class NodeCore:
                     peer.attempt_backoff = min(peer.attempt_backoff * 2, 30.0)
                 elif now - pending.last_sent_at >= REKEY_TIMEOUT:
                     self._initiate(peer, now)
+            wanted = self._wanted(peer, now)
+            if not wanted and peer.direct_up:
+                peer.direct_up = False  # an on-demand link gone idle: stop measuring it, withdraw it
             session = peer.send_session(now)
             silent = now - (peer.stats.last_rx if peer.stats.last_rx is not None else -1e9)
             if (
@@ -739,14 +838,20 @@ class NodeCore:
                 and peer.endpoints
                 and now >= peer.next_attempt_at
                 and (
-                    session is None
-                    or session.wants_rekey(now)
-                    or silent > REHANDSHAKE_AFTER_MISSES * PROBE_INTERVAL  # it may have restarted
+                    (
+                        wanted
+                        and (
+                            session is None
+                            or session.wants_rekey(now)
+                            or silent > REHANDSHAKE_AFTER_MISSES * PROBE_INTERVAL  # it may have restarted
+                        )
+                    )
+                    or (session is None and peer.queue)
                 )
             ):
                 self._initiate(peer, now)
                 peer.next_attempt_at = now + REHANDSHAKE_AFTER_MISSES * PROBE_INTERVAL
-            if session is not None and now >= peer.next_probe_at:
+            if wanted and session is not None and now >= peer.next_probe_at:
                 self._probe(peer, now)
             up = peer.link_up(now)
             if self._link_was_up.get(peer.node_id, False) != up:
@@ -754,26 +859,28 @@ class NodeCore:
                 self._events.append(NodeEvent("peer_up" if up else "peer_down", peer.node_id, peer.name))
             if peer.pending is not None:
                 deadline = min(deadline, peer.pending.last_sent_at + REKEY_TIMEOUT)
-            elif session is None and peer.endpoints:
+            elif session is None and peer.endpoints and (wanted or peer.queue):
                 deadline = min(deadline, max(peer.next_attempt_at, now + 0.05))
-            if session is not None:
+            elif session is not None and wanted:
                 deadline = min(deadline, peer.next_probe_at)
+            if not (wanted or peer.sessions or peer.pending or peer.queue):
+                del self._tracked[peer.node_id]  # idle: nothing to do until frames flow
         self._update_local_links(now)
         if now >= self._next_digest_at:
             self._next_digest_at = now + LINK_STATE_DIGEST_INTERVAL
-            self._send_link_state_digest(now)
+            chosen = self._random_session_peer(now)
+            if chosen is not None:  # anti-entropy: do we hold the same link state?
+                self._send_control(chosen, LinkStateSum(self.routes.summary(SUM_BYTES)), now)
         if now >= self._next_link_state_at:
             self._next_link_state_at = now + LINK_STATE_RESYNC_INTERVAL
-            candidates = [p for p in self.peers.values() if p.send_session(now) is not None]
-            if candidates:  # anti-entropy: our full state to one random member
-                chosen = candidates[self._random(1)[0] % len(candidates)]
+            chosen = self._random_session_peer(now)
+            if chosen is not None:  # our full state to one random member
                 self._send_control(chosen, LinkState((self.routes.full_state(),)), now)
         if now >= self._next_gossip_at:
             self._next_gossip_at = now + GOSSIP_INTERVAL
-            candidates = [p for p in self.peers.values() if p.send_session(now) is not None]
-            if candidates:
-                chosen = candidates[self._random(1)[0] % len(candidates)]
-                self._send_member_table(chosen, now)
+            chosen = self._random_session_peer(now)
+            if chosen is not None:  # anti-entropy: do we know the same members?
+                self._send_control(chosen, MembersSum(self._members_summary()), now)
         link_state_at = min(self._next_digest_at, self._next_link_state_at)
         if self._next_delta_at > now:  # a batched link-up may be waiting for it
             link_state_at = min(link_state_at, self._next_delta_at)
@@ -817,6 +924,8 @@ class NodeCore:
                 path = f"via {via.name}"
             elif peer.pending is not None:
                 path = "connecting"
+            elif session is None and not self._wanted(peer, now) and self.routes.next_hop(peer.node_id):
+                path = "idle"  # a large mesh: no link until frames flow, and a path exists
             else:
                 path = "unreachable"
             endpoint = peer.current_endpoint

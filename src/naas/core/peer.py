@@ -60,8 +60,11 @@ class Peer:
     next_attempt_at: float = 0.0  # earliest new handshake attempt (backoff)
     attempt_backoff: float = 1.0
     probe_seq: int = 0
+    greeted: bool = False  # a session_started event was logged
     direct_up: bool = False  # our probes to its endpoint are answered (see NodeCore)
     relayed_via: int | None = None  # next hop while the direct link is down
+    standing_score: float = 0.0  # core/standing.py: a standing link if below the threshold
+    active_until: float = float("-inf")  # frames flowed recently: keep an on-demand link until then
     stats: LinkStats = field(default_factory=LinkStats)
 
     @property

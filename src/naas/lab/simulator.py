@@ -8,8 +8,9 @@ events ordered by (time, insertion order), so a run is a pure function of the se
 
 After every input the node is *drained*: ``take_datagrams()`` become DELIVER events at
 ``t + latency(src, dst)`` unless the underlay drops them (a cut pair, a crashed end, an
-unknown address, or a loss draw from the seeded RNG); frames and events are discarded;
-and ``next_deadline()`` becomes a TIMER event if it is earlier than the one pending (a
+unknown address, or a loss draw from the seeded RNG); frames written to naas0 are
+counted (``send_frame`` injects one at a member) and events discarded; and
+``next_deadline()`` becomes a TIMER event if it is earlier than the one pending (a
 popped TIMER that is no longer the node's pending one is stale and skipped). The clock
 jumps from event to event, so an idle second of a 1000-member mesh costs only the probes
 and floods it really carries, never a fixed time step.
@@ -23,25 +24,31 @@ drawn once per site pair from CROSS_SITE_LATENCY (plus optional per-datagram jit
 Members. ``add_node`` makes the keys from a seeded RNG, has the network CA issue the
 certificate (pop/ca.py) and starts a NodeCore that knows only the PoPs added before it,
 with their endpoints, as an enrolled member does; gossip does the rest. PoPs are
-ordinary members with a known address. Per-node byte and packet counters count every
-datagram sent and received (UDP payload; add 28 bytes per packet for IPv4 + UDP).
+ordinary members with a known address. ``add_nodes_from_cache`` instead starts a batch
+of members that all know every member of the batch, endpoints included: a whole network
+restarting from its members.json caches (the cheap way to build a large mesh).
+Per-node byte and packet counters count every datagram sent and received (UDP
+payload; add 28 bytes per packet for IPv4 + UDP).
 
 Checking. ``routes_of(name)`` is the node's {destination: next hop}. ``problems()``
-lists what is wrong against the *true* graph (live nodes, every pair linked unless
-cut): (a) a live node without a route to another live one, (b) a next hop that is not a
+lists what is wrong against the *true* graph: live nodes, linked where core/standing.py
+says a pair keeps a standing link (every pair, up to ``full_mesh_up_to`` members) unless
+the pair is cut (the simulator sends no frames, so no on-demand links form):
+(a) a live node without a route to another live one, (b) a next hop that is not a
 live direct neighbour, (c) following next hops from any node does not reach the
 destination within MAX_HOPS without a loop, (d) any route entry, to a live node or not,
 whose next hop is crashed or across a cut; with ``lsdb=True`` also (e) a live node whose
 advertised adjacency is not exactly its true live neighbours, or whose copy of another
 live node's adjacency differs from the original (everyone must hold the same database,
-hence compute the same routes). ``run_until_converged`` steps the clock until none is
-left and returns how long that took.
+hence compute the same routes); the database check runs first and is cheap (newest
+seqs compared), so a large mesh computes routes only once its databases agree.
+``run_until_converged`` steps the clock until nothing is left and returns how long that
+took.
 
 Cost. Wall time is the members' own work (AEAD, JSON, signature checks). While it runs the
 simulator memoises Ed25519 verification (a pure function, so nothing simulated changes;
 ``memo_signatures=False`` turns it off) and counts the checks in ``signature_checks``.
-NodeCore has no partial-mesh knob, so every member gets a session to every other: a cold
-start costs ~N^4 datagrams and a simulated second at rest ~N^3 (figures in bench/sim).
+Figures per size are in bench/results/sim-latest.md.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from naas.core import crypto, routing
 from naas.core.crypto import ed25519_public, x25519_private_from_seed, x25519_public
 from naas.core.node import LocalIdentity, NodeCore
 from naas.core.routing import MAX_HOPS
+from naas.core.standing import FULL_MESH_UP_TO, standing_pairs
 from naas.model.ids import Endpoint, NodeId
 from naas.model.network import MemberRecord, NetworkInfo
 from naas.pop.ca import issue_certificate
@@ -90,6 +98,7 @@ class SimNode:
     rx_bytes: int = 0
     tx_packets: int = 0
     rx_packets: int = 0
+    frames_out: int = 0  # frames the core wrote to its (simulated) naas0
 
     @property
     def node_id(self) -> int:
@@ -98,9 +107,17 @@ class SimNode:
 
 class Simulator:
     def __init__(
-        self, seed: int = 1, *, loss: float = 0.0, jitter: float = 0.0, memo_signatures: bool = True
+        self,
+        seed: int = 1,
+        *,
+        loss: float = 0.0,
+        jitter: float = 0.0,
+        memo_signatures: bool = True,
+        full_mesh_up_to: int = FULL_MESH_UP_TO,
     ) -> None:
         self.seed = seed
+        self.full_mesh_up_to = full_mesh_up_to
+        self._standing: dict[int, set[int]] | None = None  # see standing()
         self.memo_signatures = memo_signatures
         self.signature_checks = 0  # Ed25519 verifications the members asked for
         self._verified: dict[tuple[bytes, bytes, bytes], bool] = {}
@@ -122,6 +139,7 @@ class Simulator:
         self._site_latency: dict[tuple[int, int], float] = {}
         self._cuts: set[tuple[int, int]] = set()  # (low index, high index)
         self._pop_records: list[MemberRecord] = []
+        self._enrolled: list[MemberRecord] = []  # certificates issued, nodes not started yet
         self._heap: list[_Event] = []
         self._order = 0
 
@@ -129,9 +147,24 @@ class Simulator:
 
     def add_node(self, name: str, site: str = "site-0", *, pop: bool = False) -> NodeCore:
         """A new member at the current time, knowing the PoPs added so far (add PoPs first)."""
-        if name in self.nodes:
+        record, secrets = self._enroll(name, site, pop)
+        return self._start(record, secrets, self._pop_records)
+
+    def add_nodes_from_cache(self, specs: list[tuple[str, str]]) -> None:
+        """Members (name, site) that all start now, each knowing every member added so far
+        and every one of the batch, with endpoints: a network restarting from its caches."""
+        enrolled = [self._enroll(name, site, False) for name, site in specs]
+        known = [MemberRecord(n.core.identity.certificate, (Endpoint(*n.address),)) for n in self._list]
+        known += [record for record, _ in enrolled]
+        with self._signatures():  # every member checks every certificate: N^2 checks
+            for record, secrets in enrolled:
+                self._start(record, secrets, known)
+
+    def _enroll(self, name: str, site: str, pop: bool) -> tuple[MemberRecord, tuple[bytes, bytes, int]]:
+        """Keys and a CA-signed certificate for a new node; its record carries the endpoint."""
+        if name in self.nodes or any(record.certificate.name == name for record in self._enrolled):
             raise ValueError(f"duplicate node {name!r}")
-        index = len(self._list)
+        index = len(self._list) + len(self._enrolled)
         site_index = self._site(site)
         rng = random.Random(f"keys/{self.seed}/{name}")
         static_private = x25519_private_from_seed(rng.randbytes(32))
@@ -149,7 +182,18 @@ class Simulator:
             now=EPOCH_UNIX,
             days=CERTIFICATE_DAYS,
         )
-        node_rng = random.Random(f"node/{self.seed}/{name}")
+        address = (f"10.{site_index}.{index // 250}.{index % 250 + 1}", MESH_PORT)
+        record = MemberRecord(certificate, (Endpoint(*address),))
+        self._enrolled.append(record)
+        return record, (static_private, signing_private, site_index)
+
+    def _start(
+        self, record: MemberRecord, secrets: tuple[bytes, bytes, int], members: list[MemberRecord]
+    ) -> NodeCore:
+        static_private, signing_private, site_index = secrets
+        certificate = record.certificate
+        self._enrolled.remove(record)
+        node_rng = random.Random(f"node/{self.seed}/{certificate.name}")
         core = NodeCore(
             LocalIdentity(certificate, static_private, signing_private),
             self.network,
@@ -157,16 +201,20 @@ class Simulator:
             now=self.now,
             wall_offset=EPOCH_UNIX - START,
             mtu=MTU,
-            members=self._pop_records,
+            members=members,
+            full_mesh_up_to=self.full_mesh_up_to,
         )
-        address = (f"10.{site_index}.{index // 250}.{index % 250 + 1}", MESH_PORT)
-        node = SimNode(name, index, site_index, address, core, pop)
-        self.nodes[name] = node
+        address = record.endpoints[0].as_tuple()
+        index = certificate.node_id - 1
+        assert index == len(self._list), "nodes start in the order they were enrolled"
+        node = SimNode(certificate.name, index, site_index, address, core, certificate.is_pop)
+        self.nodes[node.name] = node
         self._list.append(node)
         self._by_address[address] = index
         self._by_id[core.node_id] = node
-        if pop:
-            self._pop_records.append(MemberRecord(certificate, (Endpoint(*address),)))
+        self._standing = None
+        if certificate.is_pop:
+            self._pop_records.append(record)
         self._drain(node)
         return core
 
@@ -290,13 +338,21 @@ class Simulator:
                     delay += rng.random() * self.jitter
                 self._order += 1
                 push(heap, (now + delay, self._order, _DELIVER, target_index, (datagram, node.address)))
-        core.take_frames()
+        node.frames_out += len(core.take_frames())
         core.take_events()
         deadline = max(core.next_deadline(), now)
         if deadline < node.timer_at:
             node.timer_at = deadline
             self._order += 1
             heapq.heappush(self._heap, (deadline, self._order, _TIMER, node.index, None))
+
+    def send_frame(self, src: str, dst: str, payload: bytes = b"x" * 64) -> None:
+        """A unicast Ethernet frame from ``src``'s naas0 to ``dst``'s MAC, now."""
+        node, target = self.nodes[src], self.nodes[dst]
+        frame = target.core.mac + node.core.mac + b"\x88\xb5" + payload
+        with self._signatures():
+            node.core.tap_frames_received([frame], self.now)
+            self._drain(node)
 
     # -- checking --------------------------------------------------------------------------------
 
@@ -310,21 +366,36 @@ class Simulator:
     def name_of(self, node_id: int) -> str:
         return self._by_id[node_id].name
 
+    def standing(self) -> dict[int, set[int]]:
+        """Node id -> the node ids it keeps a standing link to (core/standing.py)."""
+        if self._standing is None:
+            self._standing = {node.node_id: set() for node in self._list}
+            for a, b in standing_pairs(list(self._standing), self.full_mesh_up_to):
+                self._standing[a].add(b)
+                self._standing[b].add(a)
+        return self._standing
+
     def true_neighbours(self, node: SimNode) -> set[int]:
-        """Node ids of the live nodes the underlay links ``node`` to directly."""
-        return {
-            other.node_id
-            for other in self._list
-            if other is not node and not other.crashed and self._pair(node.name, other.name) not in self._cuts
-        }
+        """Node ids of the live nodes ``node`` keeps a link to that the underlay lets through."""
+        found = set()
+        for other_id in self.standing()[node.node_id]:
+            other = self._by_id[other_id]
+            pair = (node.index, other.index) if node.index < other.index else (other.index, node.index)
+            if not other.crashed and pair not in self._cuts:
+                found.add(other_id)
+        return found
 
     def problems(self, *, lsdb: bool = True, limit: int = 20) -> list[str]:
         """What keeps the mesh from being converged on the true graph; [] when it is."""
         found: list[str] = []
         live = self.live()
         live_ids = {node.node_id for node in live}
-        tables = {node.node_id: self.routes_of(node.name) for node in live}
         good_hop = {node.node_id: self.true_neighbours(node) for node in live}
+        if lsdb:
+            found = self._lsdb_problems(live, good_hop)
+            if found:
+                return found[:limit]
+        tables = {node.node_id: self.routes_of(node.name) for node in live}
         for node in live:
             src = node.node_id
             for dst, hop in tables[src].items():  # (d), and (b) for every entry
@@ -336,8 +407,6 @@ class Simulator:
                     found.append(f"{node.name} -> {self.name_of(dst)}: {problem}")
             if len(found) >= limit:
                 return found[:limit]
-        if lsdb:
-            found += self._lsdb_problems(live, good_hop)
         return found[:limit]
 
     def _walk(
@@ -368,7 +437,8 @@ class Simulator:
                     f"{origin.name} advertises {len(own)} links, has {len(good_hop[origin.node_id])}"
                 )
                 continue
-            stale = [n.name for n in live if n.core.routes.database.adjacency(origin.node_id) != own]
+            seq = origin.core.routes.database.seq_of(origin.node_id)
+            stale = [n.name for n in live if n.core.routes.database.seq_of(origin.node_id) != seq]
             if stale:
                 found.append(
                     f"{len(stale)} nodes (e.g. {stale[0]}) hold an old copy of {origin.name}'s links"

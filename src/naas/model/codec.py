@@ -90,6 +90,8 @@ def certificate_from_dict(obj: Any, where: str = "certificate") -> Certificate:
         raise CodecError(f"{where}.node_id: out of range")
     ip_text = obj.get("ip")
     try:
+        if ip_text is not None and not isinstance(ip_text, str):
+            raise ValueError("not text")
         ip = IPv4Interface(ip_text) if ip_text is not None else None
     except ValueError:
         raise CodecError(f"{where}.ip: not an IPv4 interface") from None

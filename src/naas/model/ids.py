@@ -78,6 +78,6 @@ class Endpoint:
             host, sep, port = text[1:].partition("]:")
         else:
             host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit():
+        if not sep or not (port.isascii() and port.isdigit()):
             raise ValueError(f"not host:port: {text!r}")
         return cls(host, int(port))
