@@ -91,7 +91,7 @@ def test_own_deltas_from_an_earlier_life_are_outrun() -> None:
     future = sign_delta(
         LinkStateDelta(a.node_id, 2**62, True, ((b.node_id, 500),)), a.identity.signing_private
     )
-    a._link_state_received(a.peers[b.node_id], LinkState((future,)), net.now)  # b sends it back
+    a.link_state.deltas_received(a.peers[b.node_id], LinkState((future,)), net.now)  # b sends it back
     net.run(2.0)
     assert b.routes.database.seq_of(a.node_id) is not None
     assert b.routes.database.seq_of(a.node_id) >= 2**62 + 1  # type: ignore[operator]
@@ -113,11 +113,11 @@ def test_link_state_table_of_a_large_mesh_is_split_into_messages_that_parse() ->
     a.take_datagrams()
     peer = a.peers[b.node_id]
     sent_before = peer.stats.tx_packets
-    a._send_deltas(peer, deltas, net.now)
+    a.link_state.send_deltas(peer, deltas, net.now)
     datagrams = a.take_datagrams()
     assert len(datagrams) == peer.stats.tx_packets - sent_before > 1
     received: list[LinkStateDelta] = []
-    b._link_state_received = lambda sender, message, now: received.extend(message.deltas)  # type: ignore[method-assign]
+    b.link_state.deltas_received = lambda sender, message, now: received.extend(message.deltas)  # type: ignore[method-assign]
     b.datagrams_received([(d, net.address_of("a")) for d, _ in datagrams], net.now)
     assert sum(b.drops.values()) == 0, b.drops
     assert received == deltas

@@ -14,10 +14,9 @@ PROBE_JITTER = 0.2
 PROBE_RETRY_INTERVAL = 0.3  # after an unanswered probe, probe again this soon
 LINK_DOWN_AFTER_MISSES = 3  # a link whose last N probes went unanswered is down
 REHANDSHAKE_AFTER_MISSES = 6  # no answer at all for this long: the peer may have restarted
-LINK_STATE_RESYNC_INTERVAL = 30.0  # our full signed link state to one random peer this often
-LINK_STATE_DIGEST_INTERVAL = 2.0  # newest seq of every origin to one random peer this often
+LINK_STATE_DIGEST_INTERVAL = 2.0  # a hash of our link state (lsd_sum) to one random peer this often
 LINK_STATE_BATCH_INTERVAL = 0.5  # new links and cost changes wait this long to share a delta
-GOSSIP_INTERVAL = 5.0  # full member table to one random peer this often (anti-entropy)
+GOSSIP_INTERVAL = 5.0  # a hash of our member table (members_sum) to one random peer this often
 REJECT_AFTER_MESSAGES = 2**64 - 2**13  # no counter at or beyond this is sent or accepted
 
 # -- implementation limits -----------------------------------------------------------------

@@ -1,13 +1,14 @@
 """One member's routing state: its own live links, everyone's signed link state, and
 the next hop towards each member.
 
-Theory of operation. NodeCore measures its direct links with probes and hands the
-live ones (neighbour -> RTT in microseconds) to ``links_measured``; when they changed
-beyond the hysteresis of ``routing.LocalLinks``, a signed delta comes back for NodeCore
-to flood. Deltas from other members arrive through ``received`` (signature checked
-against the origin's certificate key, then applied; a gap asks the sender for the
-origin's history). ``next_hop(dst)`` recomputes shortest paths lazily, only after
-something changed. Everything is pure: the caller owns time and I/O.
+Theory of operation. NodeCore measures its direct links with probes; LinkStateSync
+(core/link_state_sync.py), which owns this object, hands the live ones (neighbour -> RTT
+in microseconds) to ``links_measured``; when they changed beyond the hysteresis of
+``routing.LocalLinks``, a signed delta comes back for it to flood. Deltas from other
+members arrive through ``received`` (signature checked against the origin's certificate
+key, then applied; a gap asks the sender for the origin's history). ``next_hop(dst)``
+recomputes shortest paths lazily, only after something changed. Everything is pure: the
+caller owns time and I/O.
 """
 
 from __future__ import annotations
@@ -86,10 +87,6 @@ class MeshRoutes:
             flat = ",".join(f"{origin}:{seq}" for origin, seq in self.seqs()).encode()
             self._summary = blake2b(flat, digest_size=size, person=b"naas-lsd-sum").digest()
         return self._summary
-
-    def full_state(self) -> LinkStateDelta:
-        """A signed full advertisement of this member's links (sent to new peers)."""
-        return self._signed(self._local.full_delta())
 
     def _signed(self, delta: LinkStateDelta) -> LinkStateDelta:
         signed = sign_delta(delta, self._signing_private)

@@ -13,41 +13,44 @@ Theory of operation. The driver feeds events in and drains effects out:
 Inside -> outside: a frame is answered locally if it is ARP for a member's address or
 DHCP from this host (layer-3 networks only); else its destination MAC picks a member
 (model/ids.py, core/switch.py) or, for broadcast/multicast/unknown, every member with a
-session. It is sealed in that member's newest confirmed session (core/session.py);
-without one it waits in a short queue while a Noise IK handshake runs.
+session (past the full-mesh size, core/standing.py, every member). It is sealed in that
+member's newest confirmed session (core/session.py); without one it waits in a short
+queue while a Noise IK handshake runs.
 
 Outside -> inside: the outer header's type selects the handler. DATA goes to the
 session its receiver index names, is opened (AEAD + anti-replay) and yields a frame for
-naas0 or a control message (probes, membership gossip). INITIATION/RESPONSE run the
-handshake; the peer's certificate, signed by the network CA, travels inside the
+naas0 or a control message (probes, member records, link state). INITIATION/RESPONSE
+run the handshake; the peer's certificate, signed by the network CA, travels inside the
 encrypted handshake payload and must match the Noise static key.
+
+Two parts live in modules of their own, each given NodeCore's sessions to send on:
+core/link_state_sync.py (``link_state``: owns the routes, floods signed link-state
+deltas, hash-first anti-entropy) and core/membership_sync.py (``membership``: floods
+changed member records, hash-first anti-entropy). NodeCore keeps what feeds them: it
+measures direct links with probes and says when they change, checks certificates and
+learns members and endpoints, and tells both when a new session is ready.
 
 Anything malformed or unauthenticated from outside is dropped with a DropReason and
 counted (``drops``); it never raises out of an input method. Timers (handshake
-retransmission, rekey, probes that measure RTT and detect dead links, gossip) are all
-driven by ``now``; randomness (ephemeral keys, indexes, jitter) comes from the
-``random_bytes`` callable the driver passes in.
+retransmission, rekey, probes that measure RTT and detect dead links, and the two sync
+modules' batching and anti-entropy) are all driven by ``now``; randomness (ephemeral
+keys, indexes, jitter, the anti-entropy peer) comes from the ``random_bytes`` callable
+the driver passes in.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from hashlib import blake2b
 from ipaddress import IPv4Address
 from typing import Any
 
 from naas.core import arp, dhcp
 from naas.core.constants import (
-    GOSSIP_INTERVAL,
     LINK_DOWN_AFTER_MISSES,
     LINK_STATE_BATCH_INTERVAL,
-    LINK_STATE_DIGEST_INTERVAL,
-    LINK_STATE_RESYNC_INTERVAL,
     MAX_ENDPOINTS_PER_MEMBER,
-    MAX_MEMBERS_PER_GOSSIP,
     PROBE_INTERVAL,
     PROBE_JITTER,
     PROBE_RETRY_INTERVAL,
@@ -56,14 +59,7 @@ from naas.core.constants import (
     REKEY_TIMEOUT,
 )
 from naas.core.control_messages import (
-    MAX_DELTAS_PER_MESSAGE,
-    MAX_DIGEST_ENTRIES,
-    SUM_BYTES,
     ControlMessage,
-    LinkState,
-    LinkStateDigest,
-    LinkStateRequest,
-    LinkStateSum,
     Members,
     MembersDigest,
     MembersSum,
@@ -75,9 +71,9 @@ from naas.core.control_messages import (
 from naas.core.crypto import certificate_problem
 from naas.core.ethernet import clamp_tcp_mss
 from naas.core.handshake import HandshakeError, InitiatorHandshake, ResponderHandshake
-from naas.core.mesh_routes import MeshRoutes
+from naas.core.link_state_sync import LinkStateSync
+from naas.core.membership_sync import MembershipSync
 from naas.core.peer import Address, Peer, PendingHandshake
-from naas.core.routing import ApplyResult, LinkStateDelta
 from naas.core.session import Session
 from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER, pair_score, standing_threshold
 from naas.core.switch import MacTable
@@ -109,7 +105,6 @@ from naas.model.ids import NodeId, format_mac, mac_for_node
 from naas.model.network import MemberRecord, NetworkInfo
 
 _KEEPALIVE = bytes((INNER_KEEPALIVE,))
-LINK_STATE_MESSAGE_BYTES = 24_000  # packing budget of one lsd message (limit: MAX_CONTROL_BYTES)
 _FRAME = bytes((INNER_FRAME,))
 _ETHERTYPE_ARP = b"\x08\x06"
 _ETHERTYPE_IPV4 = b"\x08\x00"
@@ -154,11 +149,8 @@ class NodeCore:
         # peers the timer must look at: wanted ones (standing or active), and any with a
         # session, a handshake or queued frames; an idle member of a large mesh costs nothing
         self._tracked: dict[int, Peer] = {}
-        self._by_score: list[tuple[float, int]] = []  # (standing score, node), sorted
         self.full_mesh_up_to = full_mesh_up_to
         self._standing_threshold = 1.0
-        self._member_versions: list[tuple[int, int]] | None = None  # (node, not_before), sorted
-        self._members_sum: bytes | None = None
         self._random = random_bytes
         self._wall_offset = wall_offset
         self._last_stamp = 0
@@ -170,10 +162,6 @@ class NodeCore:
         self._frames_out: list[bytes] = []
         self._events: list[NodeEvent] = []
         self._link_was_up: dict[int, bool] = {}
-        self._next_gossip_at = now + GOSSIP_INTERVAL
-        self._next_link_state_at = now + LINK_STATE_RESYNC_INTERVAL
-        self._next_delta_at = now + LINK_STATE_BATCH_INTERVAL  # the links of a (re)start share one delta
-        self._next_digest_at = now + LINK_STATE_DIGEST_INTERVAL
         self._next_deadline = now
         self.mac_table = MacTable(self.node_id)
         self._max_frame = mtu + ETHERNET_HEADER_LEN + 4  # one VLAN tag allowed
@@ -182,8 +170,26 @@ class NodeCore:
         self._member_addresses: dict[Address, int] = {}  # direct endpoints -> node (relay check)
         self.relayed_packets = 0
         self.relayed_bytes = 0
-        self.routes = MeshRoutes(
-            self.node_id, identity.signing_private, first_seq=int((now + wall_offset) * 1000)
+        self.link_state = LinkStateSync(
+            self.node_id,
+            identity.signing_private,
+            identity.certificate.signing_public,
+            first_seq=int((now + wall_offset) * 1000),
+            now=now,
+            session_peers=self._session_peers,
+            random_session_peer=self._random_session_peer,
+            signing_key_of=self._signing_key_of,
+            send_inner=self._send_inner,
+            drops=self.drops,
+        )
+        self.routes = self.link_state.routes  # the same object (status, simulator, tests)
+        self.membership = MembershipSync(
+            identity.certificate,
+            self.peers,
+            now=now,
+            session_peers=self._session_peers,
+            random_session_peer=self._random_session_peer,
+            send_inner=self._send_inner,
         )
         self._dhcp: dhcp.DhcpResponder | None = None
         own_ip = identity.certificate.ip
@@ -384,9 +390,10 @@ class NodeCore:
                 raise BadPacket(DropReason.BAD_FRAME)
             frame = inner[1:]
             self.mac_table.learn(frame[6:12], peer.node_id, now)
-            if peer.active_until < now:
-                self._activate(peer, now)
-            peer.active_until = now + IDLE_LINK_AFTER
+            if not frame[0] & 1:  # unicast to us: keep the link (a broadcast alone does not)
+                if peer.active_until < now:
+                    self._activate(peer, now)
+                peer.active_until = now + IDLE_LINK_AFTER
             self._frames_out.append(frame)
         elif kind == INNER_CONTROL:
             reply_to = None if relayed else address
@@ -401,7 +408,7 @@ class NodeCore:
         peer.current_endpoint = address
         self._member_addresses[address] = peer.node_id
         if peer.note_endpoint(address):
-            self._gossip_change(peer, now)
+            self.membership.record_changed(peer, now)
 
     # -- handshakes ---------------------------------------------------------------------------
 
@@ -520,8 +527,8 @@ class NodeCore:
             self._events.append(NodeEvent("session_started", peer.node_id, peer.name))
         # every new session (a first meeting, a rekey, a return after a partition) compares
         # tables: 2 x 16 bytes, and a digest exchange follows only if they differ
-        self._send_control(peer, MembersSum(self._members_summary()), now)
-        self._send_control(peer, LinkStateSum(self.routes.summary(SUM_BYTES)), now)
+        self.membership.session_started(peer, now)
+        self.link_state.session_started(peer, now)
         self._next_deadline = now
 
     def _new_index(self) -> int:
@@ -557,6 +564,19 @@ class NodeCore:
         if peer.send_session(now) is not None:
             self._send_inner(peer, encode_control(message), now, address)
 
+    def _session_peers(self, now: float) -> Iterator[Peer]:
+        """The peers with a session to send on (only tracked peers have sessions)."""
+        return (peer for peer in self._tracked.values() if peer.send_session(now) is not None)
+
+    def _random_session_peer(self, now: float) -> Peer | None:
+        candidates = list(self._session_peers(now))
+        return candidates[self._random(1)[0] % len(candidates)] if candidates else None
+
+    def _signing_key_of(self, node: int) -> bytes | None:
+        """A member's Ed25519 key (it checks link-state signatures); None if unknown."""
+        peer = self.peers.get(node)
+        return peer.certificate.signing_public if peer is not None else None
+
     # -- control messages ---------------------------------------------------------------------
 
     def _control_received(
@@ -575,128 +595,16 @@ class NodeCore:
                 stats.unanswered = 0
                 if not peer.direct_up:
                     peer.direct_up = True
-                    self._update_local_links(now)
+                    self.link_state.update_local_links(now)
+                    # a batched link-up is advertised by the timer: make it come in time
+                    self._next_deadline = min(self._next_deadline, now + LINK_STATE_BATCH_INTERVAL)
         elif isinstance(message, Members):
             for record in message.members:
                 self._learn_member(record, now, gossip=True, source=peer.node_id)
-        elif isinstance(message, LinkState):
-            self._link_state_received(peer, message, now)
-        elif isinstance(message, LinkStateSum):
-            if message.hash != self.routes.summary(SUM_BYTES):
-                self._send_control(peer, LinkStateDigest(tuple(self.routes.seqs()[:MAX_DIGEST_ENTRIES])), now)
-        elif isinstance(message, LinkStateDigest):
-            self._link_state_digest_received(peer, message, now)
-        elif isinstance(message, MembersSum):
-            if message.hash != self._members_summary():
-                self._send_control(peer, MembersDigest(tuple(self._versions()[:MAX_DIGEST_ENTRIES])), now)
-        elif isinstance(message, MembersDigest):
-            self._members_digest_received(peer, message, now)
-        else:
-            self._send_deltas(peer, self.routes.history(message.origin), now)
-
-    # -- routing -----------------------------------------------------------------------------
-
-    def _link_state_received(self, sender: Peer, message: LinkState, now: float) -> None:
-        """Apply signed deltas and flood what was new to everyone else; ask on a gap."""
-        fresh = []
-        for delta in message.deltas:
-            if delta.origin == self.node_id:
-                newer = self.routes.own_delta_seen(delta, self.identity.certificate.signing_public)
-                if newer is not None:
-                    fresh.append(newer)
-                continue
-            origin = self.peers.get(delta.origin)
-            if origin is None:
-                continue  # not a member we know (yet): its certificate will come by gossip
-            result = self.routes.received(delta, origin.certificate.signing_public)
-            if result is None:
-                self.drops[DropReason.BAD_CONTROL] += 1
-            elif result is ApplyResult.APPLIED:
-                fresh.append(delta)
-            elif result is ApplyResult.GAP:
-                self._send_control(sender, LinkStateRequest(delta.origin), now)
-        if fresh:
-            self._flood_link_state(tuple(fresh), now, sender.node_id, message.flooded)
-
-    def _link_state_digest_received(self, sender: Peer, digest: LinkStateDigest, now: float) -> None:
-        """Anti-entropy: send the history of every origin we hold newer than the sender;
-        if the sender holds some newer, answer with our digest (unless this is an answer)."""
-        theirs = dict(digest.seqs)
-        push: list[LinkStateDelta] = []
-        for origin, seq in self.routes.seqs():
-            if seq > theirs.get(origin, 0):
-                push += self.routes.history(origin)
-        if push:
-            self._send_deltas(sender, push, now)
-        database = self.routes.database
-        lacking = any(
-            seq > (database.seq_of(origin) or 0) and (origin in self.peers or origin == self.node_id)
-            for origin, seq in digest.seqs
-        )
-        if lacking and not digest.reply:
-            self._send_control(
-                sender, LinkStateDigest(tuple(self.routes.seqs()[:MAX_DIGEST_ENTRIES]), True), now
-            )
-
-    def _random_session_peer(self, now: float) -> Peer | None:
-        candidates = [p for p in self._tracked.values() if p.send_session(now) is not None]
-        return candidates[self._random(1)[0] % len(candidates)] if candidates else None
-
-    def _flood_link_state(
-        self, deltas: tuple[LinkStateDelta, ...], now: float, sender: int | None = None, flooded: bool = False
-    ) -> None:
-        """Send deltas on to every member we have a session with (direct or relayed), but
-        skip those that already have them: the origin, its live neighbours (the origin sent
-        them its own), and, if ``sender`` passed them on in a flood, the sender's live
-        neighbours (it sent them too, or skipped them for the same reasons, back to the
-        origin). In a full mesh nothing is passed on at all; in a sparse one each member
-        hears a delta about once; after a cut, the far side still hears about it. Where
-        our view of the links is stale, anti-entropy mends what the flood missed."""
-        message = encode_control(LinkState(deltas, flooded=True))
-        origins = [d.origin for d in deltas]
-        linked = self.routes.linked
-        own = self.node_id
-        for peer in self._tracked.values():
-            node = peer.node_id
-            if node == sender or peer.send_session(now) is None:
-                continue
-            if flooded and sender is not None and linked(sender, node):
-                continue
-            if all(node == origin or (origin != own and linked(origin, node)) for origin in origins):
-                continue
-            self._send_inner(peer, message, now)
-
-    def _update_local_links(self, now: float, urgent: bool = False) -> None:
-        """Tell the routes which direct links are alive; flood our delta if they changed.
-
-        A lost link is advertised at once (``urgent``); new links and cost changes at
-        most every LINK_STATE_BATCH_INTERVAL, so links coming up together cost one delta.
-        """
-        live = {
-            peer.node_id: max(1, int(peer.stats.rtt * 1_000_000))
-            for peer in self._tracked.values()
-            if peer.direct_up and peer.stats.rtt is not None and peer.send_session(now) is not None
-        }
-        advertise = urgent or now >= self._next_delta_at
-        delta = self.routes.links_measured(live, advertise=advertise)
-        if delta is not None:
-            self._next_delta_at = now + LINK_STATE_BATCH_INTERVAL
-            self._flood_link_state((delta,), now)
-
-    def _send_deltas(self, peer: Peer, deltas: list[LinkStateDelta], now: float) -> None:
-        """Signed deltas to ``peer``, packed in order into messages that stay well under
-        MAX_CONTROL_BYTES (a full delta of a large mesh costs ~15 bytes per link)."""
-        batch: list[LinkStateDelta] = []
-        size = 0
-        for delta in deltas:
-            cost = 120 + 16 * len(delta.links)  # JSON bytes, an upper bound
-            if batch and (size + cost > LINK_STATE_MESSAGE_BYTES or len(batch) == MAX_DELTAS_PER_MESSAGE):
-                self._send_control(peer, LinkState(tuple(batch)), now)
-                batch, size = [], 0
-            batch.append(delta)
-            size += cost
-        if batch:
-            self._send_control(peer, LinkState(tuple(batch)), now)
+        elif isinstance(message, MembersSum | MembersDigest):
+            self.membership.message_received(peer, message, now)
+        else:  # lsd, lsd_req, lsd_sum, lsd_digest
+            self.link_state.message_received(peer, message, now)
 
     # -- membership -----------------------------------------------------------------------------
 
@@ -727,7 +635,7 @@ class NodeCore:
             self._forget_sessions(peer)
             peer.certificate = cert
             self._events.append(NodeEvent("member_updated", cert.node_id, cert.name, "new certificate"))
-            self._member_versions = self._members_sum = None
+            self.membership.table_changed()
             changed = True
         if cert.ip is not None:
             self._ip_to_node[cert.ip.ip] = cert.node_id
@@ -741,56 +649,17 @@ class NodeCore:
                     self._tracked[peer.node_id] = peer
                     self._next_deadline = now
         if changed and gossip:
-            self._gossip_change(peer, now, exclude=source)
+            self.membership.record_changed(peer, now, exclude=source)
 
     def _member_joined(self, peer: Peer) -> None:
         """Recompute which members keep standing links (core/standing.py) now that the mesh
-        has one more; the ones that just became standing get the timer's attention."""
-        self._member_versions = self._members_sum = None
-        entry = (peer.standing_score, peer.node_id)
-        bisect.insort(self._by_score, entry)
-        old = self._standing_threshold
-        new = standing_threshold(len(self.peers) + 1, self.full_mesh_up_to)
-        self._standing_threshold = new
-        if new > old:
-            start = bisect.bisect_left(self._by_score, (old, -1))
-            end = bisect.bisect_left(self._by_score, (new, -1))
-            for _score, node in self._by_score[start:end]:
-                self._tracked[node] = self.peers[node]
-        if peer.standing_score < new:
+        has one more. The threshold only falls as the mesh grows (members are never
+        forgotten), so only the newcomer can become standing; links that stop being
+        standing are withdrawn by the timer once idle."""
+        self.membership.table_changed()
+        self._standing_threshold = standing_threshold(len(self.peers) + 1, self.full_mesh_up_to)
+        if peer.standing_score < self._standing_threshold:
             self._tracked[peer.node_id] = peer
-
-    def _versions(self) -> list[tuple[int, int]]:
-        """(node, certificate not_before) of every member we know, us included, sorted."""
-        if self._member_versions is None:
-            own = self.identity.certificate
-            versions = [(p.node_id, p.certificate.not_before) for p in self.peers.values()]
-            versions.append((own.node_id, own.not_before))
-            self._member_versions = sorted(versions)
-        return self._member_versions
-
-    def _members_summary(self) -> bytes:
-        if self._members_sum is None:
-            flat = ",".join(f"{node}:{version}" for node, version in self._versions()).encode()
-            self._members_sum = blake2b(flat, digest_size=SUM_BYTES, person=b"naas-members").digest()
-        return self._members_sum
-
-    def _members_digest_received(self, sender: Peer, digest: MembersDigest, now: float) -> None:
-        """Send the member records the sender lacks or holds older; answer with our own
-        digest (unless this is an answer) if the sender knows members we lack."""
-        theirs = dict(digest.versions)
-        own = self.identity.certificate
-        records = [MemberRecord(own)] if theirs.get(own.node_id, 0) < own.not_before else []
-        records += [
-            MemberRecord(p.certificate, p.public_endpoints())
-            for p in self.peers.values()
-            if theirs.get(p.node_id, 0) < p.certificate.not_before and p.node_id != sender.node_id
-        ]
-        for start in range(0, len(records), MAX_MEMBERS_PER_GOSSIP):
-            self._send_control(sender, Members(tuple(records[start : start + MAX_MEMBERS_PER_GOSSIP])), now)
-        ours = dict(self._versions())
-        if not digest.reply and any(version > ours.get(node, 0) for node, version in digest.versions):
-            self._send_control(sender, MembersDigest(tuple(self._versions()[:MAX_DIGEST_ENTRIES]), True), now)
 
     def _forget_sessions(self, peer: Peer) -> None:
         for session in peer.sessions:
@@ -803,14 +672,6 @@ class NodeCore:
     def member_records(self) -> list[MemberRecord]:
         own = MemberRecord(self.identity.certificate)
         return [own] + [MemberRecord(p.certificate, p.public_endpoints()) for p in self.peers.values()]
-
-    def _gossip_change(self, changed: Peer, now: float, exclude: int | None = None) -> None:
-        """Flood one changed record to every other member we have a session with."""
-        record = MemberRecord(changed.certificate, changed.public_endpoints())
-        message = encode_control(Members((record,)))
-        for peer in self._tracked.values():
-            if peer is not changed and peer.node_id != exclude and peer.send_session(now) is not None:
-                self._send_inner(peer, message, now)
 
     # -- timers -------------------------------------------------------------------------------
 
@@ -865,26 +726,9 @@ class NodeCore:
                 deadline = min(deadline, peer.next_probe_at)
             if not (wanted or peer.sessions or peer.pending or peer.queue):
                 del self._tracked[peer.node_id]  # idle: nothing to do until frames flow
-        self._update_local_links(now)
-        if now >= self._next_digest_at:
-            self._next_digest_at = now + LINK_STATE_DIGEST_INTERVAL
-            chosen = self._random_session_peer(now)
-            if chosen is not None:  # anti-entropy: do we hold the same link state?
-                self._send_control(chosen, LinkStateSum(self.routes.summary(SUM_BYTES)), now)
-        if now >= self._next_link_state_at:
-            self._next_link_state_at = now + LINK_STATE_RESYNC_INTERVAL
-            chosen = self._random_session_peer(now)
-            if chosen is not None:  # our full state to one random member
-                self._send_control(chosen, LinkState((self.routes.full_state(),)), now)
-        if now >= self._next_gossip_at:
-            self._next_gossip_at = now + GOSSIP_INTERVAL
-            chosen = self._random_session_peer(now)
-            if chosen is not None:  # anti-entropy: do we know the same members?
-                self._send_control(chosen, MembersSum(self._members_summary()), now)
-        link_state_at = min(self._next_digest_at, self._next_link_state_at)
-        if self._next_delta_at > now:  # a batched link-up may be waiting for it
-            link_state_at = min(link_state_at, self._next_delta_at)
-        self._next_deadline = max(now + 0.01, min(deadline, self._next_gossip_at, link_state_at))
+        link_state_at = self.link_state.timer_fired(now)
+        gossip_at = self.membership.timer_fired(now)
+        self._next_deadline = max(now + 0.01, min(deadline, gossip_at, link_state_at))
 
     def _probe(self, peer: Peer, now: float) -> None:
         """Probe the direct link to ``peer`` (never relayed). A miss makes the next probe
@@ -894,7 +738,7 @@ class NodeCore:
         misses = stats.unanswered
         if misses >= LINK_DOWN_AFTER_MISSES and peer.direct_up:
             peer.direct_up = False
-            self._update_local_links(now, urgent=True)
+            self.link_state.update_local_links(now, urgent=True)
         address = peer.current_endpoint or (peer.endpoints[0] if peer.endpoints else None)
         if address is None:
             return

@@ -26,9 +26,10 @@ Resync must be verifiable end to end, so a relay cannot send an adjacency it mad
 the database stores the origin's last signed full delta plus the signed deltas applied
 since (``signed_history``), which the asker replays in order. Past MAX_HISTORY deltas
 the history is dropped (the adjacency is kept) and ``needs_full`` says that only a new
-full delta from the origin restores it; the origin's periodic full deltas bound this.
-``snapshot`` is an unsigned view for local use (status, drawings), never for relaying.
-The database has no clock: the node forgets origins that left or stayed unreachable.
+full delta from the origin restores it; LocalLinks' full delta every FULL_DELTA_EVERY
+deltas keeps histories below that. ``snapshot`` is an unsigned view for local use
+(status, drawings), never for relaying. The database has no clock and forgets nothing
+by itself (``forget`` is for the caller).
 
 ``compute_routes`` runs Dijkstra from this node. An edge u->v counts only if u lists v
 *and* v lists u (tinc's graph.c and OSPF's two-way check, RFC 2328 16.1): a one-sided
@@ -44,9 +45,10 @@ every run; paths longer than MAX_HOPS relays would hit the hop limit and are not
            `--------- C          A-C down, C withdraws B-C:    none (B's claim is one-way)
 
 Expected use by the node: it applies its own signed deltas to its own database too (so
-``signed_history`` covers every origin alike); when a direct link comes up it sends the
-new neighbour every origin's ``signed_history`` (the database exchange of tinc and OSPF);
-after any APPLIED delta or live-link change it recomputes the routes.
+``signed_history`` covers every origin alike); when two members' databases differ (a
+hash of their seqs, then the seqs themselves: the database exchange of tinc and OSPF)
+each sends the other the ``signed_history`` of the origins it holds newer; after any
+APPLIED delta or live-link change it recomputes the routes.
 """
 
 from __future__ import annotations

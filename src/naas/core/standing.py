@@ -7,8 +7,9 @@ database O(N^2) links, which stops being cheap somewhere past a hundred members.
 that size each member keeps *standing* links only to a random-looking but agreed subset
 of the others, and makes every other link *on demand*, the way Tailscale and ZeroTier
 make paths: the first frame to a member starts a handshake (through a relay if the
-direct path is not known to work), probes start, and the link goes direct; it is dropped
-again after IDLE_LINK_AFTER seconds without frames.
+direct path is not known to work), probes start, and the link goes direct; after
+IDLE_LINK_AFTER seconds without unicast frames it is withdrawn from the link state and no
+longer probed or rekeyed, and its sessions lapse.
 
 Standing links form a random graph that every member can compute alone and that both
 ends agree on without talking: the pair {a, b} is linked when
@@ -34,7 +35,7 @@ import struct
 from hashlib import blake2b
 
 FULL_MESH_UP_TO = 64  # members (self included) up to which every pair keeps a link
-IDLE_LINK_AFTER = 120.0  # seconds without frames after which an on-demand link is dropped
+IDLE_LINK_AFTER = 120.0  # seconds without unicast frames after which an on-demand link is withdrawn
 
 _PAIR = struct.Struct("!II")
 _SCALE = float(2**64)

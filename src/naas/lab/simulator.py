@@ -32,8 +32,9 @@ payload; add 28 bytes per packet for IPv4 + UDP).
 
 Checking. ``routes_of(name)`` is the node's {destination: next hop}. ``problems()``
 lists what is wrong against the *true* graph: live nodes, linked where core/standing.py
-says a pair keeps a standing link (every pair, up to ``full_mesh_up_to`` members) unless
-the pair is cut (the simulator sends no frames, so no on-demand links form):
+says a pair keeps a standing link (every pair, up to ``full_mesh_up_to`` members) or
+where ``send_frame`` made an on-demand link that has not gone idle yet, unless the pair is
+cut:
 (a) a live node without a route to another live one, (b) a next hop that is not a
 live direct neighbour, (c) following next hops from any node does not reach the
 destination within MAX_HOPS without a loop, (d) any route entry, to a live node or not,
@@ -63,7 +64,7 @@ from naas.core import crypto, routing
 from naas.core.crypto import ed25519_public, x25519_private_from_seed, x25519_public
 from naas.core.node import LocalIdentity, NodeCore
 from naas.core.routing import MAX_HOPS
-from naas.core.standing import FULL_MESH_UP_TO, standing_pairs
+from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER, standing_pairs
 from naas.model.ids import Endpoint, NodeId
 from naas.model.network import MemberRecord, NetworkInfo
 from naas.pop.ca import issue_certificate
@@ -118,6 +119,7 @@ class Simulator:
         self.seed = seed
         self.full_mesh_up_to = full_mesh_up_to
         self._standing: dict[int, set[int]] | None = None  # see standing()
+        self._last_frame: dict[tuple[int, int], float] = {}  # (low, high) index pair -> time
         self.memo_signatures = memo_signatures
         self.signature_checks = 0  # Ed25519 verifications the members asked for
         self._verified: dict[tuple[bytes, bytes, bytes], bool] = {}
@@ -349,6 +351,7 @@ class Simulator:
     def send_frame(self, src: str, dst: str, payload: bytes = b"x" * 64) -> None:
         """A unicast Ethernet frame from ``src``'s naas0 to ``dst``'s MAC, now."""
         node, target = self.nodes[src], self.nodes[dst]
+        self._last_frame[self._pair(src, dst)] = self.now
         frame = target.core.mac + node.core.mac + b"\x88\xb5" + payload
         with self._signatures():
             node.core.tap_frames_received([frame], self.now)
@@ -376,9 +379,14 @@ class Simulator:
         return self._standing
 
     def true_neighbours(self, node: SimNode) -> set[int]:
-        """Node ids of the live nodes ``node`` keeps a link to that the underlay lets through."""
+        """Node ids of the live nodes ``node`` keeps a link to (standing, or on demand after
+        ``send_frame`` in the last IDLE_LINK_AFTER seconds) that the underlay lets through."""
+        candidates = set(self.standing()[node.node_id])
+        for (i, j), at in self._last_frame.items():
+            if node.index in (i, j) and self.now - at < IDLE_LINK_AFTER:
+                candidates.add(self._list[j if i == node.index else i].node_id)
         found = set()
-        for other_id in self.standing()[node.node_id]:
+        for other_id in candidates:
             other = self._by_id[other_id]
             pair = (node.index, other.index) if node.index < other.index else (other.index, node.index)
             if not other.crashed and pair not in self._cuts:
