@@ -7,11 +7,15 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 from conftest import requires_root
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from naas.lab.story import NETWORK, Story, enrollment_argv
 
@@ -133,12 +137,53 @@ def test_down_and_up(enrolled_story: Story) -> None:
     assert json.loads(down.stdout)["stopped"] is True
     link = story.lab.host("ali-db-1").run(["ip", "link", "show", "naas0"])
     assert link.returncode != 0, "naas0 is gone while the agent is down"
-    up = story.naas("ali-db-1", "up", "--json")
+    bad = story.naas("ali-db-1", "up", "--metrics", "localhost")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    up = story.naas("ali-db-1", "up", "--json", "--metrics", "127.0.0.1:9640")
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout)["started"] is True
     assert story.ping("ali-db-1", story.overlay_ip("desktop"), count=3) is not None
     status = json.loads(story.naas("ali-db-1", "status", "--json").stdout)
     assert status["network"] == NETWORK
+
+    scrape = story.lab.host("ali-db-1").run(
+        [
+            sys.executable,
+            "-c",
+            "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9640/metrics').read().decode())",
+        ]
+    )
+    assert scrape.returncode == 0, scrape.stderr
+    families = {f.name: f for f in text_string_to_metric_families(scrape.stdout)}
+    members = families["naas_members"].samples[0].value
+    assert members == len(status["peers"]) + 1
+    rx = {
+        s.labels["peer"]: s.value for s in families["naas_peer_rx_bytes"].samples if s.name.endswith("_total")
+    }
+    assert rx["desktop"] > 0, "the ping's bytes are counted"
+
+
+def test_naas_drawing_writes_a_png_of_the_mesh(enrolled_story: Story, tmp_path: Path) -> None:
+    story = enrolled_story
+    script = Path(sys.executable).with_name("naas-drawing")
+    out = tmp_path / "mesh.png"
+    result = story.run(
+        "desktop", [str(script), "-o", str(out), "--state-dir", str(story.state_dir("desktop"))]
+    )
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        image.load()  # decodes every pixel
+        assert image.format == "PNG"
+        assert 300 <= image.width <= 10_000 and 200 <= image.height <= 10_000, image.size
+    default = story.run(
+        "desktop",
+        ["sh", "-c", f"cd {tmp_path} && {script} --format svg --state-dir {story.state_dir('desktop')}"],
+    )
+    assert default.returncode == 0, default.stderr
+    svg = (tmp_path / f"naas-{NETWORK}.svg").read_text().replace("&#45;", "-")  # dot escapes "-"
+    assert "<svg" in svg and "ali-db-1" in svg and "master" in svg
+    bad = story.run("desktop", [str(script), "-o", str(tmp_path / "no" / "such" / "dir.png")])
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
 
 
 DHCP_SCRIPT = """#!/bin/sh

@@ -19,7 +19,7 @@ import time
 from ipaddress import IPv4Interface
 from pathlib import Path
 
-from naas.cli.common import BadInput, CliError, say, state_dir_of, warn
+from naas.cli.common import BadInput, CliError, metrics_address, say, state_dir_of, warn
 from naas.core.crypto import ed25519_public, x25519_public
 from naas.daemon.runner import DEFAULT_INTERFACE, Agent, setup_logging
 from naas.daemon.state import NodeDir, network_dir, pop_node_dir, write_file
@@ -208,6 +208,7 @@ def cmd_pop(args: argparse.Namespace) -> int:
         pop = config.pop(args.name)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
+    metrics = metrics_address(args.metrics)
     state_dir = state_dir_of(args.state_dir)
     net_dir = network_dir(state_dir, config.name)
     ca_private = _require_init(net_dir, config)
@@ -219,7 +220,7 @@ def cmd_pop(args: argparse.Namespace) -> int:
     store = _store(args, net_dir)
     store.create_schema()
     setup_logging(os.environ.get("NAAS_LOG_LEVEL", "INFO"))
-    asyncio.run(_run_pop(config, pop.name, node_dir.path, store, ca_private, info, args.interface))
+    asyncio.run(_run_pop(config, pop.name, node_dir.path, store, ca_private, info, args.interface, metrics))
     return 0
 
 
@@ -231,8 +232,9 @@ async def _run_pop(
     ca_private: bytes,
     info: NetworkInfo,
     interface: str,
+    metrics: tuple[str, int] | None = None,
 ) -> None:
-    agent = Agent(NodeDir(node_path), interface=interface)
+    agent = Agent(NodeDir(node_path), interface=interface, metrics=metrics)
     await agent.start()
     assert agent.core is not None
     now = asyncio.get_running_loop().time()
@@ -278,4 +280,5 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     common(pop)
     pop.add_argument("--name", required=True, help="which PoP of the config this host is")
     pop.add_argument("--interface", default=DEFAULT_INTERFACE)
+    pop.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (opt-in)")
     pop.set_defaults(func=cmd_pop)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from naas.daemon.state import DEFAULT_STATE_DIR, NodeDir, client_node_dir, find_networks, network_dir
+from naas.model.ids import Endpoint
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -61,3 +62,16 @@ def member_dir(state_dir: Path, network: str | None) -> NodeDir:
     if node_dir is None:
         raise CliError(f"this host has not joined network {network!r} (no state in {state_dir / network})")
     return node_dir
+
+
+def metrics_address(text: str | None) -> tuple[str, int] | None:
+    """``--metrics HOST:PORT`` (e.g. 127.0.0.1:9640), checked before anything starts."""
+    if text is None:
+        return None
+    try:
+        endpoint = Endpoint.parse(text)
+    except ValueError:
+        raise BadInput(f"--metrics: expected HOST:PORT, got {text!r}") from None
+    if not 0 < endpoint.port < 65536:
+        raise BadInput(f"--metrics: port {endpoint.port} out of range")
+    return endpoint.host, endpoint.port

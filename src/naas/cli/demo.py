@@ -6,8 +6,10 @@ runs the real commands (init, pop, invite, naas-enrollment on every client), che
 that every member pings every other over naas0, point to point, then replays the
 failure of the user's video: desktop's firewall blocks both PoPs, the pings reroute
 through other members and go direct again when the rules go; finally both PoPs stop
-and the members keep talking. It prints what happened and removes the lab
-(``--keep`` leaves it up; ``naas demo down`` removes it).
+and the members keep talking. `naas draw` on desktop pictures the mesh before the
+failure and during it (PNG files in --drawings, the current directory by default). It
+prints what happened and removes the lab (``--keep`` leaves it up; ``naas demo down``
+removes it).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from naas.cli.common import CliError, say
+from naas.cli.common import BadInput, CliError, say
 from naas.lab.netns import Lab, LabError, remove_saved_labs
 from naas.lab.story import DEMO_HOSTS, DEMO_SITES, NETWORK, POPS, Story, StoryError
 
@@ -34,8 +36,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CliError("naas demo builds network namespaces: run it as root")
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="naas-demo-"))
+    drawings = Path(args.drawings).resolve()
+    if not drawings.is_dir():
+        raise BadInput(f"--drawings: no directory {drawings}")
     lab = Lab(hosts=DEMO_HOSTS, sites=DEMO_SITES)
     story = Story(lab, workdir)
+    story.drawings = drawings
     ok = False
     try:
         lab.start()
@@ -113,6 +119,7 @@ def _run(story: Story, lab: Lab) -> bool:
     say("  " + result.stdout.strip().replace("\n", "\n  "))
     direct = _all_direct(story)
     say(f"  every client reaches every other client directly: {'yes' if direct else 'NO'}")
+    _drawing(story, "1-full-mesh")
     rerouted = _pops_cut_off(story, lab)
     survives = _pops_gone(story)
     return not failed and direct and rerouted and survives
@@ -134,6 +141,7 @@ def _pops_cut_off(story: Story, lab: Lab) -> bool:
     for pop, path in paths.items():
         say(f"  desktop -> {pop}: {path}")
     say(f"  ping desktop -> master now: {rtt:.2f} ms (through another member)" if rtt else "  NO ANSWER")
+    _drawing(story, "2-pops-blocked")
     _step("the firewall rules are removed: paths go direct again")
 
     def unblock() -> None:
@@ -147,6 +155,12 @@ def _pops_cut_off(story: Story, lab: Lab) -> bool:
         say(f"  desktop -> {pop}: {path}")
     cut_ok = all(p.startswith("via ") for p in paths.values()) and rtt is not None
     return cut_ok and all(p == "direct" for p in direct.values())
+
+
+def _drawing(story: Story, stage: str) -> None:
+    """`naas draw` on desktop into the drawings directory; says where it went."""
+    path = story.draw("desktop", story.drawings / f"naas-{NETWORK}-{stage}.png")
+    say(f"  drawing of the mesh as desktop sees it: {path}")
 
 
 def _pops_gone(story: Story) -> bool:
@@ -199,4 +213,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="run (default) or down: remove a lab kept with --keep",
     )
     demo.add_argument("--keep", action="store_true", help="leave the lab up to explore")
+    demo.add_argument(
+        "--drawings", default=".", help="directory for the PNG drawings of the mesh (default: here)"
+    )
     demo.set_defaults(func=cmd_demo)

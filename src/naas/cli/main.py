@@ -1,4 +1,4 @@
-"""Entry points: ``naas <command>`` and ``naas-enrollment URL``.
+"""Entry points: ``naas <command>``, ``naas-enrollment URL`` and ``naas-drawing``.
 
 Exit status: 0 success, 1 failure, 2 bad input (argparse's own errors are 2 too).
 Every error is one line on stderr, ``naas: <what is wrong>``.
@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from naas import __version__
-from naas.cli import admin, demo, member
+from naas.cli import admin, demo, member, view
 from naas.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, CliError
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     admin.add_parsers(sub)
     member.add_parsers(sub)
+    view.add_parsers(sub)
     demo.add_parsers(sub)
     return parser
 
@@ -51,3 +52,8 @@ def enrollment_main() -> int:
         print("usage: naas-enrollment URL [--foreground] [--state-dir DIR] [--interface NAME]")
         return 0 if argv else EXIT_BAD_INPUT
     return run(["join", *argv])
+
+
+def drawing_main() -> int:
+    """``naas-drawing [-o PATH] [--format png|svg|dot|json]`` = ``naas draw ...``."""
+    return run(["draw", *sys.argv[1:]])

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from naas.cli.common import BadInput, CliError, member_dir, say, state_dir_of
+from naas.cli.common import BadInput, CliError, member_dir, metrics_address, say, state_dir_of
 from naas.core.crypto import ed25519_public, x25519_public
 from naas.daemon import control, netconf
 from naas.daemon.runner import DEFAULT_INTERFACE, Agent, setup_logging
@@ -32,6 +32,7 @@ READY_TIMEOUT = 20.0
 
 
 def cmd_join(args: argparse.Namespace) -> int:
+    metrics_address(args.metrics)  # bad input fails here, before anything is written
     try:
         invitation = parse_url_untrusted(args.url)
     except InvitationError as exc:
@@ -60,12 +61,14 @@ def cmd_join(args: argparse.Namespace) -> int:
         + ")"
     )
     if args.foreground:
-        return run_agent(node_dir, args.interface)
-    start_agent(node_dir, args.interface, state_dir)
+        return run_agent(node_dir, args.interface, args.metrics)
+    start_agent(node_dir, args.interface, state_dir, metrics=args.metrics)
     return 0
 
 
-def start_agent(node_dir: NodeDir, interface: str, state_dir: Path, quiet: bool = False) -> dict[str, Any]:
+def start_agent(
+    node_dir: NodeDir, interface: str, state_dir: Path, quiet: bool = False, metrics: str | None = None
+) -> dict[str, Any]:
     """Start the agent detached and wait until naas0 is up (with its address)."""
     cert = node_dir.load_identity().certificate
     info: dict[str, Any] = {
@@ -89,6 +92,7 @@ def start_agent(node_dir: NodeDir, interface: str, state_dir: Path, quiet: bool 
                 str(node_dir.path),
                 "--interface",
                 interface,
+                *(["--metrics", metrics] if metrics else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -115,9 +119,9 @@ def start_agent(node_dir: NodeDir, interface: str, state_dir: Path, quiet: bool 
     raise CliError(f"the agent did not come up within {READY_TIMEOUT:.0f} s; see {node_dir.log_path}")
 
 
-def run_agent(node_dir: NodeDir, interface: str) -> int:
+def run_agent(node_dir: NodeDir, interface: str, metrics: str | None = None) -> int:
     setup_logging(os.environ.get("NAAS_LOG_LEVEL", "INFO"))
-    agent = Agent(node_dir, interface=interface)
+    agent = Agent(node_dir, interface=interface, metrics=metrics_address(metrics))
     asyncio.run(agent.run())
     return 0
 
@@ -164,11 +168,12 @@ def stop_agent(node_dir: NodeDir, quiet: bool = False) -> bool:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    metrics_address(args.metrics)  # bad input fails here, before anything is written
     state_dir = state_dir_of(args.state_dir)
     node_dir = member_dir(state_dir, args.network)
     if args.foreground:
-        return run_agent(node_dir, args.interface)
-    info = start_agent(node_dir, args.interface, state_dir, quiet=args.json)
+        return run_agent(node_dir, args.interface, args.metrics)
+    info = start_agent(node_dir, args.interface, state_dir, quiet=args.json, metrics=args.metrics)
     if args.json:
         print(json.dumps(info, sort_keys=True))
     return 0
@@ -189,7 +194,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     node_dir = NodeDir(Path(args.node_dir))
     if not node_dir.exists():
         raise BadInput(f"--node-dir: no membership in {node_dir.path}")
-    return run_agent(node_dir, args.interface)
+    return run_agent(node_dir, args.interface, args.metrics)
 
 
 def fetch_status(node_dir: NodeDir) -> dict[str, Any]:
@@ -263,12 +268,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     join.add_argument("url", help="the invitation URL (naas://...)")
     join.add_argument("--foreground", action="store_true", help="run the agent attached")
     join.add_argument("--force", action="store_true", help="enroll again even if already a member")
+    join.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (opt-in)")
     join.add_argument("--interface", default=DEFAULT_INTERFACE, help="TAP device name (default naas0)")
     common(join, network=False)
     join.set_defaults(func=cmd_join)
 
     up = sub.add_parser("up", help="start the agent from saved state")
     up.add_argument("--foreground", action="store_true")
+    up.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (opt-in)")
     up.add_argument("--interface", default=DEFAULT_INTERFACE)
     up.add_argument("--json", action="store_true")
     common(up)
@@ -286,5 +293,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     agent = sub.add_parser("agent", help="run the agent of one membership in the foreground (used by up)")
     agent.add_argument("--node-dir", required=True)
+    agent.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (opt-in)")
     agent.add_argument("--interface", default=DEFAULT_INTERFACE)
     agent.set_defaults(func=cmd_agent)

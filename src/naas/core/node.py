@@ -77,6 +77,7 @@ from naas.core.peer import Address, Peer, PendingHandshake
 from naas.core.session import Session
 from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER, pair_score, standing_threshold
 from naas.core.switch import MacTable
+from naas.core.topology import LinkView, MemberView, Reach, Topology
 from naas.core.wire import (
     DATA_HEAD,
     DATA_HEADER_LEN,
@@ -755,56 +756,79 @@ class NodeCore:
     # -- status ---------------------------------------------------------------------------------
 
     def status(self, now: float) -> dict[str, Any]:
+        """``naas status --json``: the JSON form of ``topology``."""
+        return self.topology(now).to_dict()
+
+    def topology(self, now: float) -> Topology:
+        """This member's view of the mesh (core/topology.py): how each member is reached
+        from here, and every live two-way link with its RTT."""
         cert = self.identity.certificate
-        peers = []
-        for peer in sorted(self.peers.values(), key=lambda p: p.name):
+        me = MemberView(
+            cert.node_id,
+            cert.name,
+            cert.is_pop,
+            str(cert.ip) if cert.ip else None,
+            format_mac(self.mac),
+            Reach.SELF,
+        )
+        members = [me]
+        for peer in sorted(self.peers.values(), key=lambda p: (p.name, p.node_id)):
             session = peer.send_session(now)
             stats = peer.stats
             self._address_for(peer)  # refreshes relayed_via from the current routes
             via = self.peers.get(peer.relayed_via) if peer.relayed_via is not None else None
             if peer.link_up(now):
-                path = "direct"
+                reach = Reach.DIRECT
             elif session is not None and via is not None and via.link_up(now):
-                path = f"via {via.name}"
+                reach = Reach.RELAYED
             elif peer.pending is not None:
-                path = "connecting"
+                reach = Reach.CONNECTING
             elif session is None and not self._wanted(peer, now) and self.routes.next_hop(peer.node_id):
-                path = "idle"  # a large mesh: no link until frames flow, and a path exists
+                reach = Reach.IDLE  # a large mesh: no link until frames flow, and a path exists
             else:
-                path = "unreachable"
+                reach = Reach.UNREACHABLE
             endpoint = peer.current_endpoint
-            peers.append(
-                {
-                    "name": peer.name,
-                    "node_id": peer.node_id,
-                    "pop": peer.certificate.is_pop,
-                    "ip": str(peer.certificate.ip.ip) if peer.certificate.ip else None,
-                    "mac": format_mac(peer.certificate.mac),
-                    "path": path,
-                    "endpoint": f"{endpoint[0]}:{endpoint[1]}" if endpoint else None,
-                    "rtt_ms": round(stats.rtt * 1000, 3) if stats.rtt is not None else None,
-                    "rx_bytes": stats.rx_bytes,
-                    "tx_bytes": stats.tx_bytes,
-                    "rx_packets": stats.rx_packets,
-                    "tx_packets": stats.tx_packets,
-                    "handshakes": stats.handshakes,
-                    "session_age_s": round(session.age(now), 1) if session else None,
-                }
+            members.append(
+                MemberView(
+                    node_id=peer.node_id,
+                    name=peer.name,
+                    pop=peer.certificate.is_pop,
+                    ip=str(peer.certificate.ip.ip) if peer.certificate.ip else None,
+                    mac=format_mac(peer.certificate.mac),
+                    reach=reach,
+                    via=via.name if reach is Reach.RELAYED and via is not None else None,
+                    endpoint=f"{endpoint[0]}:{endpoint[1]}" if endpoint else None,
+                    rtt_ms=round(stats.rtt * 1000, 3) if stats.rtt is not None else None,
+                    rx_bytes=stats.rx_bytes,
+                    tx_bytes=stats.tx_bytes,
+                    rx_packets=stats.rx_packets,
+                    tx_packets=stats.tx_packets,
+                    handshakes=stats.handshakes,
+                    session_age_s=round(session.age(now), 1) if session else None,
+                )
             )
-        return {
-            "network": self.network.name,
-            "node": {
-                "name": cert.name,
-                "node_id": cert.node_id,
-                "pop": cert.is_pop,
-                "ip": str(cert.ip) if cert.ip else None,
-                "mac": format_mac(self.mac),
-                "mtu": self.mtu,
-            },
-            "peers": peers,
-            "relayed": {"packets": self.relayed_packets, "bytes": self.relayed_bytes},
-            "drops": {
-                reason.value: count for reason, count in sorted(self.drops.items(), key=lambda i: i[0].value)
-            },
-            "learned_macs": len(self.mac_table),
-        }
+        return Topology(
+            network=self.network.name,
+            local=cert.node_id,
+            mtu=self.mtu,
+            members=tuple(members),
+            links=self._live_links(),
+            drops={reason.value: count for reason, count in self.drops.items()},
+            relayed_packets=self.relayed_packets,
+            relayed_bytes=self.relayed_bytes,
+            learned_macs=len(self.mac_table),
+        )
+
+    def _live_links(self) -> tuple[LinkView, ...]:
+        """Every link both ends advertise (the routing's two-way rule), ours from the live
+        measurements; RTT = the mean of the two ends' costs."""
+        routes, own = self.routes, self.node_id
+        known = set(self.peers) | {own}
+        links = []
+        for a in sorted(known):
+            for b, cost_ab in routes.neighbours_of(a).items():
+                if a < b and b in known:
+                    cost_ba = routes.neighbours_of(b).get(a)
+                    if cost_ba is not None:
+                        links.append(LinkView(a, b, round((cost_ab + cost_ba) / 2000, 3)))
+        return tuple(links)

@@ -23,8 +23,10 @@ from collections.abc import Callable
 from typing import Any
 
 from naas.core.node import NodeCore, NodeEvent
+from naas.core.topology import Topology
 from naas.core.wire import overlay_mtu
 from naas.daemon import control, netconf
+from naas.daemon.metrics_server import serve_metrics
 from naas.daemon.state import NodeDir, write_file
 from naas.daemon.tap import LinuxTap
 from naas.daemon.udp import LinuxUdpSocket
@@ -45,8 +47,11 @@ class Agent:
         *,
         interface: str = DEFAULT_INTERFACE,
         listen_host: str = "0.0.0.0",
+        metrics: tuple[str, int] | None = None,
     ) -> None:
         self.node_dir = node_dir
+        self.metrics_address = metrics  # (host, port) of the opt-in Prometheus port
+        self._metrics: Any = None  # aiohttp AppRunner while serving
         self.interface = interface
         self.listen_host = listen_host
         self.core: NodeCore | None = None
@@ -86,6 +91,10 @@ class Agent:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
         self._control = await control.serve(self.node_dir.socket_path, self._control_request)
+        if self.metrics_address is not None:
+            host, port = self.metrics_address
+            self._metrics = await serve_metrics(host, port, self._topology)
+            log.info("metrics on http://%s:%d/metrics", host, port)
         write_file(self.node_dir.pid_path, f"{os.getpid()}\n".encode())
         log.info(
             "agent started name=%s node_id=%d interface=%s mtu=%d ip=%s listen=%s:%d members=%d",
@@ -122,6 +131,8 @@ class Agent:
         try:
             await self._stopped.wait()
         finally:
+            if self._metrics is not None:
+                await self._metrics.cleanup()
             self.close()
 
     def stop(self) -> None:
@@ -222,6 +233,10 @@ class Agent:
         self._transmit()
 
     # -- control socket --------------------------------------------------------------------------
+
+    def _topology(self) -> Topology:
+        assert self.core is not None
+        return self.core.topology(asyncio.get_running_loop().time())
 
     async def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
         assert self.core is not None

@@ -76,6 +76,7 @@ class Story:
     layer3: bool = True
     config_path: Path = field(init=False)
     store_url: str = field(init=False)
+    drawings: Path = field(init=False)  # where `naas demo` puts the pictures of the mesh
     pop_processes: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
     invitations: dict[str, str] = field(default_factory=dict)
     enroll_seconds: dict[str, float] = field(default_factory=dict)
@@ -83,6 +84,7 @@ class Story:
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "naas.toml"
+        self.drawings = self.workdir
         self.store_url = f"sqlite:///{self.workdir / 'pop-store.db'}"
 
     # -- paths ------------------------------------------------------------------------------
@@ -189,6 +191,13 @@ class Story:
         )
         result: dict[str, Any] = json.loads(out)
         return result
+
+    def draw(self, host: str, output: Path) -> Path:
+        """`naas draw -o OUTPUT` on ``host``: the mesh as ``host`` sees it (PNG, SVG or DOT by suffix)."""
+        self._checked(
+            f"naas draw on {host}", self.naas(host, "draw", "-o", str(output), "--network", NETWORK)
+        )
+        return output
 
     def overlay_ip(self, host: str) -> str:
         ip = self.status(host)["node"]["ip"]
