@@ -141,7 +141,7 @@ def _text(*lines: str) -> str:
 
 
 def _member_attrs(member: MemberView, local: int) -> dict[str, str]:
-    lines = [member.name] if member.ip is None else [member.name, member.ip]
+    lines = [member.name] if member.ip is None else [member.name, member.ip.split("/")[0]]  # no prefix length
     is_local = member.node_id == local
     reach = Reach.SELF if is_local else member.reach
     styles = ["filled"]
