@@ -71,7 +71,5 @@ def metrics_address(text: str | None) -> tuple[str, int] | None:
     try:
         endpoint = Endpoint.parse(text)
     except ValueError:
-        raise BadInput(f"--metrics: expected HOST:PORT, got {text!r}") from None
-    if not 0 < endpoint.port < 65536:
-        raise BadInput(f"--metrics: port {endpoint.port} out of range")
+        raise BadInput(f"--metrics: expected IP:PORT (e.g. 127.0.0.1:9640), got {text!r}") from None
     return endpoint.host, endpoint.port

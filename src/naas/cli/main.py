@@ -49,7 +49,10 @@ def enrollment_main() -> int:
     """``naas-enrollment URL [options]`` = ``naas join URL [options]``."""
     argv = sys.argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: naas-enrollment URL [--foreground] [--state-dir DIR] [--interface NAME]")
+        print(
+            "usage: naas-enrollment URL [--foreground] [--force] [--state-dir DIR] [--interface NAME]"
+            " [--metrics HOST:PORT]"
+        )
         return 0 if argv else EXIT_BAD_INPUT
     return run(["join", *argv])
 

@@ -22,7 +22,7 @@ from typing import Any
 from naas.cli.common import BadInput, CliError, member_dir, metrics_address, say, state_dir_of
 from naas.core.crypto import ed25519_public, x25519_public
 from naas.daemon import control, netconf
-from naas.daemon.runner import DEFAULT_INTERFACE, Agent, setup_logging
+from naas.daemon.runner import DEFAULT_INTERFACE, Agent, AgentError, setup_logging
 from naas.daemon.state import NodeDir, client_node_dir
 from naas.model.codec import certificate_to_dict
 from naas.pop.client import EnrollmentError, enroll
@@ -122,7 +122,10 @@ def start_agent(
 def run_agent(node_dir: NodeDir, interface: str, metrics: str | None = None) -> int:
     setup_logging(os.environ.get("NAAS_LOG_LEVEL", "INFO"))
     agent = Agent(node_dir, interface=interface, metrics=metrics_address(metrics))
-    asyncio.run(agent.run())
+    try:
+        asyncio.run(agent.run())
+    except AgentError as exc:
+        raise CliError(str(exc)) from None
     return 0
 
 

@@ -4,7 +4,7 @@ Theory of operation. ``naas up --metrics 127.0.0.1:9640`` (or ``naas agent``, ``
 pop``) makes the agent serve its live ``Topology`` (core/topology.py) rendered by
 views/metrics.py on that address. Every scrape takes a fresh snapshot from the NodeCore;
 there is no state here. Off unless asked for, and meant for a local address: the
-counters name members and their endpoints, so put a scraper next to it rather than
+counters name members, so put a scraper next to it rather than
 exposing it to the underlay. aiohttp is already the PoP's HTTP server.
 """
 

@@ -40,6 +40,10 @@ CACHE_SAVE_INTERVAL = 5.0
 DEFAULT_INTERFACE = "naas0"
 
 
+class AgentError(Exception):
+    """The agent cannot start as asked; the message says why, in one line."""
+
+
 class Agent:
     def __init__(
         self,
@@ -90,11 +94,14 @@ class Agent:
         loop.add_reader(self._udp.fileno(), self._udp_readable)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
-        self._control = await control.serve(self.node_dir.socket_path, self._control_request)
-        if self.metrics_address is not None:
+        if self.metrics_address is not None:  # before the control socket: `naas up` waits for that
             host, port = self.metrics_address
-            self._metrics = await serve_metrics(host, port, self._topology)
+            try:
+                self._metrics = await serve_metrics(host, port, self._topology)
+            except OSError as exc:
+                raise AgentError(f"--metrics {host}:{port}: {exc.strerror or exc}") from None
             log.info("metrics on http://%s:%d/metrics", host, port)
+        self._control = await control.serve(self.node_dir.socket_path, self._control_request)
         write_file(self.node_dir.pid_path, f"{os.getpid()}\n".encode())
         log.info(
             "agent started name=%s node_id=%d interface=%s mtu=%d ip=%s listen=%s:%d members=%d",
