@@ -19,7 +19,7 @@ import time
 from ipaddress import IPv4Interface
 from pathlib import Path
 
-from naas.cli.common import BadInput, CliError, metrics_address, say, state_dir_of, warn
+from naas.cli.common import BadInput, CliError, add_metrics_option, metrics_address, say, state_dir_of, warn
 from naas.core.crypto import ed25519_public, x25519_public
 from naas.daemon.runner import DEFAULT_INTERFACE, Agent, AgentError, setup_logging
 from naas.daemon.state import NodeDir, network_dir, pop_node_dir, write_file
@@ -285,5 +285,5 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     common(pop)
     pop.add_argument("--name", required=True, help="which PoP of the config this host is")
     pop.add_argument("--interface", default=DEFAULT_INTERFACE)
-    pop.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (opt-in)")
+    add_metrics_option(pop)
     pop.set_defaults(func=cmd_pop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -73,3 +74,14 @@ def metrics_address(text: str | None) -> tuple[str, int] | None:
     except ValueError:
         raise BadInput(f"--metrics: expected IP:PORT (e.g. 127.0.0.1:9640), got {text!r}") from None
     return endpoint.host, endpoint.port
+
+
+def add_member_options(parser: argparse.ArgumentParser, network: bool = True) -> None:
+    """--state-dir, and --network unless the command makes the membership."""
+    parser.add_argument("--state-dir", help="state directory (default /var/lib/naas or $NAAS_STATE_DIR)")
+    if network:
+        parser.add_argument("--network", help="which network (default: the only one joined)")
+
+
+def add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics", metavar="IP:PORT", help="serve Prometheus metrics here (opt-in)")

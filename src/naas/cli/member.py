@@ -19,7 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from naas.cli.common import BadInput, CliError, member_dir, metrics_address, say, state_dir_of
+from naas.cli.common import (
+    BadInput,
+    CliError,
+    add_member_options,
+    add_metrics_option,
+    member_dir,
+    metrics_address,
+    say,
+    state_dir_of,
+)
 from naas.core.crypto import ed25519_public, x25519_public
 from naas.daemon import control, netconf
 from naas.daemon.runner import DEFAULT_INTERFACE, Agent, AgentError, setup_logging
@@ -262,23 +271,19 @@ def _bytes(count: int) -> str:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def common(parser: argparse.ArgumentParser, network: bool = True) -> None:
-        parser.add_argument("--state-dir", help="state directory (default /var/lib/naas or $NAAS_STATE_DIR)")
-        if network:
-            parser.add_argument("--network", help="which network (default: the only one joined)")
-
+    common = add_member_options
     join = sub.add_parser("join", help="join a network with an invitation URL (same as naas-enrollment)")
     join.add_argument("url", help="the invitation URL (naas://...)")
     join.add_argument("--foreground", action="store_true", help="run the agent attached")
     join.add_argument("--force", action="store_true", help="enroll again even if already a member")
-    join.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (opt-in)")
+    add_metrics_option(join)
     join.add_argument("--interface", default=DEFAULT_INTERFACE, help="TAP device name (default naas0)")
     common(join, network=False)
     join.set_defaults(func=cmd_join)
 
     up = sub.add_parser("up", help="start the agent from saved state")
     up.add_argument("--foreground", action="store_true")
-    up.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (opt-in)")
+    add_metrics_option(up)
     up.add_argument("--interface", default=DEFAULT_INTERFACE)
     up.add_argument("--json", action="store_true")
     common(up)
@@ -296,6 +301,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     agent = sub.add_parser("agent", help="run the agent of one membership in the foreground (used by up)")
     agent.add_argument("--node-dir", required=True)
-    agent.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (opt-in)")
+    add_metrics_option(agent)
     agent.add_argument("--interface", default=DEFAULT_INTERFACE)
     agent.set_defaults(func=cmd_agent)

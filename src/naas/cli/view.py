@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from naas.cli.common import BadInput, CliError, member_dir, say, state_dir_of
+from naas.cli.common import BadInput, CliError, add_member_options, member_dir, say, state_dir_of
 from naas.cli.member import fetch_status
 from naas.core.topology import Topology, TopologyError
 from naas.views.dot import DrawingError, render, topology_to_dot
@@ -86,15 +86,13 @@ def cmd_draw(args: argparse.Namespace) -> int:
 def add_draw_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", help="file to write, - for stdout (default naas-NETWORK.FORMAT)")
     parser.add_argument("--format", choices=FORMATS, help="png (default), svg, dot or json")
-    parser.add_argument("--state-dir", help="state directory (default /var/lib/naas or $NAAS_STATE_DIR)")
-    parser.add_argument("--network", help="which network (default: the only one joined)")
+    add_member_options(parser)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     graph = sub.add_parser("graph", help="the topology as data: members, how each is reached, live links")
     graph.add_argument("--json", action="store_true", help="JSON (the only format; for symmetry with status)")
-    graph.add_argument("--state-dir", help="state directory (default /var/lib/naas or $NAAS_STATE_DIR)")
-    graph.add_argument("--network", help="which network (default: the only one joined)")
+    add_member_options(graph)
     graph.set_defaults(func=cmd_graph)
 
     draw = sub.add_parser("draw", help="draw the mesh with Graphviz (same as naas-drawing)")
