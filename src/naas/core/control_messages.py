@@ -27,6 +27,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from hashlib import blake2b
 from typing import Any
 
 from naas.core.constants import MAX_CONTROL_BYTES, MAX_MEMBERS_PER_GOSSIP
@@ -90,6 +91,14 @@ MAX_DELTAS_PER_MESSAGE = 64
 MAX_DIGEST_ENTRIES = 2048
 SUM_BYTES = 16
 _SUM_HEX = re.compile(f"[0-9a-f]{{{2 * SUM_BYTES}}}")
+
+
+def sum_of_pairs(pairs: list[tuple[int, int]], domain: bytes) -> bytes:
+    """The SUM_BYTES hash a ``*_sum`` message carries: of the sorted (id, version) pairs,
+    under a per-table ``domain`` (at most 16 bytes)."""
+    flat = ",".join(f"{key}:{version}" for key, version in pairs).encode()
+    return blake2b(flat, digest_size=SUM_BYTES, person=domain).digest()
+
 
 ControlMessage = (
     Probe

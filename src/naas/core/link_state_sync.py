@@ -46,7 +46,6 @@ from naas.core.constants import LINK_STATE_BATCH_INTERVAL, LINK_STATE_DIGEST_INT
 from naas.core.control_messages import (
     MAX_DELTAS_PER_MESSAGE,
     MAX_DIGEST_ENTRIES,
-    SUM_BYTES,
     ControlMessage,
     LinkState,
     LinkStateDigest,
@@ -100,13 +99,13 @@ class LinkStateSync:
     def session_started(self, peer: Peer, now: float) -> None:
         """A new session with ``peer`` (a first meeting, a rekey, a return after a
         partition): compare link state, 16 bytes; a digest exchange follows if it differs."""
-        self._send_control(peer, LinkStateSum(self.routes.summary(SUM_BYTES)), now)
+        self._send_control(peer, LinkStateSum(self.routes.summary()), now)
 
     def message_received(self, sender: Peer, message: LinkStateMessage, now: float) -> None:
         if isinstance(message, LinkState):
             self.deltas_received(sender, message, now)
         elif isinstance(message, LinkStateSum):
-            if message.hash != self.routes.summary(SUM_BYTES):
+            if message.hash != self.routes.summary():
                 self._send_control(
                     sender, LinkStateDigest(tuple(self.routes.seqs()[:MAX_DIGEST_ENTRIES])), now
                 )
@@ -123,7 +122,7 @@ class LinkStateSync:
             self._next_digest_at = now + LINK_STATE_DIGEST_INTERVAL
             chosen = self._random_session_peer(now)
             if chosen is not None:  # anti-entropy: do we hold the same link state?
-                self._send_control(chosen, LinkStateSum(self.routes.summary(SUM_BYTES)), now)
+                self._send_control(chosen, LinkStateSum(self.routes.summary()), now)
         due = self._next_digest_at
         if self._next_delta_at > now:  # a batched link-up may be waiting for it
             due = min(due, self._next_delta_at)

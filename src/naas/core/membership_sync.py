@@ -25,17 +25,16 @@ and hash are recomputed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from hashlib import blake2b
 
 from naas.core.constants import GOSSIP_INTERVAL, MAX_MEMBERS_PER_GOSSIP
 from naas.core.control_messages import (
     MAX_DIGEST_ENTRIES,
-    SUM_BYTES,
     ControlMessage,
     Members,
     MembersDigest,
     MembersSum,
     encode_control,
+    sum_of_pairs,
 )
 from naas.core.peer import Peer
 from naas.model.certificate import Certificate
@@ -83,8 +82,7 @@ class MembershipSync:
     def summary(self) -> bytes:
         """A hash of ``versions()``: two members knowing the same table have the same one."""
         if self._summary_cache is None:
-            flat = ",".join(f"{node}:{version}" for node, version in self.versions()).encode()
-            self._summary_cache = blake2b(flat, digest_size=SUM_BYTES, person=b"naas-members").digest()
+            self._summary_cache = sum_of_pairs(self.versions(), b"naas-members")
         return self._summary_cache
 
     # -- events from NodeCore -------------------------------------------------------------------

@@ -14,8 +14,8 @@ caller owns time and I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from hashlib import blake2b
 
+from naas.core.control_messages import sum_of_pairs
 from naas.core.routing import (
     ApplyResult,
     LinkStateDatabase,
@@ -81,11 +81,10 @@ class MeshRoutes:
         database = self.database
         return sorted((o, seq) for o in database.origins() if (seq := database.seq_of(o)) is not None)
 
-    def summary(self, size: int) -> bytes:
+    def summary(self) -> bytes:
         """A hash of ``seqs()``: two members holding the same link state have the same one."""
-        if self._summary is None or len(self._summary) != size:
-            flat = ",".join(f"{origin}:{seq}" for origin, seq in self.seqs()).encode()
-            self._summary = blake2b(flat, digest_size=size, person=b"naas-lsd-sum").digest()
+        if self._summary is None:
+            self._summary = sum_of_pairs(self.seqs(), b"naas-lsd-sum")
         return self._summary
 
     def _signed(self, delta: LinkStateDelta) -> LinkStateDelta:
