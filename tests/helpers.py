@@ -151,7 +151,7 @@ class SimNet:
             for name, core in self.cores.items():
                 self.delivered_frames[name].extend(core.take_frames())
                 core.take_events()
-                batch = core.take_datagrams()
+                batch = core.take_all_datagrams()
                 if not batch:
                     continue
                 moved = True

@@ -222,7 +222,17 @@ def cmd_pop(args: argparse.Namespace) -> int:
     setup_logging(os.environ.get("NAAS_LOG_LEVEL", "INFO"))
     try:
         asyncio.run(
-            _run_pop(config, pop.name, node_dir.path, store, ca_private, info, args.interface, metrics)
+            _run_pop(
+                config,
+                pop.name,
+                node_dir.path,
+                store,
+                ca_private,
+                info,
+                args.interface,
+                metrics,
+                args.offload,
+            )
         )
     except AgentError as exc:
         raise CliError(str(exc)) from None
@@ -238,8 +248,9 @@ async def _run_pop(
     info: NetworkInfo,
     interface: str,
     metrics: tuple[str, int] | None = None,
+    offload: bool = True,
 ) -> None:
-    agent = Agent(NodeDir(node_path), interface=interface, metrics=metrics)
+    agent = Agent(NodeDir(node_path), interface=interface, metrics=metrics, offload=offload)
     await agent.start()
     assert agent.core is not None
     now = asyncio.get_running_loop().time()

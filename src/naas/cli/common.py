@@ -84,4 +84,11 @@ def add_member_options(parser: argparse.ArgumentParser, network: bool = True) ->
 
 
 def add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    """--metrics, and --no-offload: the options of every command that runs an agent."""
     parser.add_argument("--metrics", metavar="IP:PORT", help="serve Prometheus metrics here (opt-in)")
+    parser.add_argument(
+        "--no-offload",
+        dest="offload",
+        action="store_false",
+        help="no TSO/checksum offload on the TAP and no UDP GSO/GRO (slower; for misbehaving kernels)",
+    )

@@ -51,7 +51,7 @@ def enrollment_main() -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(
             "usage: naas-enrollment URL [--foreground] [--force] [--state-dir DIR] [--interface NAME]"
-            " [--metrics HOST:PORT]"
+            " [--metrics HOST:PORT] [--no-offload]"
         )
         return 0 if argv else EXIT_BAD_INPUT
     return run(["join", *argv])

@@ -70,13 +70,18 @@ def cmd_join(args: argparse.Namespace) -> int:
         + ")"
     )
     if args.foreground:
-        return run_agent(node_dir, args.interface, args.metrics)
-    start_agent(node_dir, args.interface, state_dir, metrics=args.metrics)
+        return run_agent(node_dir, args.interface, args.metrics, args.offload)
+    start_agent(node_dir, args.interface, state_dir, metrics=args.metrics, offload=args.offload)
     return 0
 
 
 def start_agent(
-    node_dir: NodeDir, interface: str, state_dir: Path, quiet: bool = False, metrics: str | None = None
+    node_dir: NodeDir,
+    interface: str,
+    state_dir: Path,
+    quiet: bool = False,
+    metrics: str | None = None,
+    offload: bool = True,
 ) -> dict[str, Any]:
     """Start the agent detached and wait until naas0 is up (with its address)."""
     cert = node_dir.load_identity().certificate
@@ -102,6 +107,7 @@ def start_agent(
                 "--interface",
                 interface,
                 *(["--metrics", metrics] if metrics else []),
+                *([] if offload else ["--no-offload"]),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -128,9 +134,9 @@ def start_agent(
     raise CliError(f"the agent did not come up within {READY_TIMEOUT:.0f} s; see {node_dir.log_path}")
 
 
-def run_agent(node_dir: NodeDir, interface: str, metrics: str | None = None) -> int:
+def run_agent(node_dir: NodeDir, interface: str, metrics: str | None = None, offload: bool = True) -> int:
     setup_logging(os.environ.get("NAAS_LOG_LEVEL", "INFO"))
-    agent = Agent(node_dir, interface=interface, metrics=metrics_address(metrics))
+    agent = Agent(node_dir, interface=interface, metrics=metrics_address(metrics), offload=offload)
     try:
         asyncio.run(agent.run())
     except AgentError as exc:
@@ -184,8 +190,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     state_dir = state_dir_of(args.state_dir)
     node_dir = member_dir(state_dir, args.network)
     if args.foreground:
-        return run_agent(node_dir, args.interface, args.metrics)
-    info = start_agent(node_dir, args.interface, state_dir, quiet=args.json, metrics=args.metrics)
+        return run_agent(node_dir, args.interface, args.metrics, args.offload)
+    info = start_agent(
+        node_dir, args.interface, state_dir, quiet=args.json, metrics=args.metrics, offload=args.offload
+    )
     if args.json:
         print(json.dumps(info, sort_keys=True))
     return 0
@@ -206,7 +214,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     node_dir = NodeDir(Path(args.node_dir))
     if not node_dir.exists():
         raise BadInput(f"--node-dir: no membership in {node_dir.path}")
-    return run_agent(node_dir, args.interface, args.metrics)
+    return run_agent(node_dir, args.interface, args.metrics, args.offload)
 
 
 def fetch_status(node_dir: NodeDir) -> dict[str, Any]:

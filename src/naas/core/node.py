@@ -4,11 +4,21 @@ Theory of operation. The driver feeds events in and drains effects out:
 
     tap_frames_received(frames, now)      Ethernet frames read from naas0 ("inside")
     datagrams_received(datagrams, now)    UDP datagrams from the underlay ("outside")
+    runs_received(runs, now)              ... coalesced by UDP GRO: (run, sender, segment)
     timer_fired(now)                      at or after next_deadline()
     member_enrolled(certificate, now)     a PoP's enrollment service issued a certificate
         -> take_datagrams()  [(bytes, (host, port))] to send
+        -> take_runs()       [(bytes, (host, port), segment)] to send with UDP GSO
         -> take_frames()     [bytes] to write into naas0
         -> take_events()     [NodeEvent] to log
+
+The fast path. With ``tap_offload`` naas0's reads and writes carry a virtio-net header
+(core/offload.py) and a read may be a TCP super-frame of up to 64 KiB. Such a frame, or
+one whose checksum is still to be done, crosses the mesh as it is, header included (an
+OFFLOAD_FRAME): one AEAD call for up to 45 segments, cut into FRAGMENT datagrams that
+leave as one GSO run and usually arrive as one GRO run (core/fragments.py). The
+receiver writes it to its own naas0 unchanged, or cuts it up in software if its naas0
+has no offloads. Frames a member makes itself (ARP and DHCP answers) get a plain header.
 
 Inside -> outside: a frame is answered locally if it is ARP for a member's address or
 DHCP from this host (layer-3 networks only); else its destination MAC picks a member
@@ -70,26 +80,38 @@ from naas.core.control_messages import (
 )
 from naas.core.crypto import certificate_problem
 from naas.core.ethernet import clamp_tcp_mss
+from naas.core.fragments import FRAGMENT_HEADER_LEN, PIECE_HEAD, Reassembly, datagrams_of, whole_message
 from naas.core.handshake import HandshakeError, InitiatorHandshake, ResponderHandshake
 from naas.core.link_state_sync import LinkStateSync
 from naas.core.membership_sync import MembershipSync
+from naas.core.offload import (
+    PLAIN_VNET_HDR,
+    VNET_HDR_LEN,
+    check_vnet_untrusted,
+    complete_checksum,
+    software_segments,
+)
 from naas.core.peer import Address, Peer, PendingHandshake
 from naas.core.session import Session
 from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER, pair_score, standing_threshold
 from naas.core.switch import MacTable
 from naas.core.topology import LinkView, MemberView, Reach, Topology
 from naas.core.wire import (
+    DATA_AAD_SLICE,
     DATA_HEAD,
     DATA_HEADER_LEN,
+    DATA_OVERHEAD,
     DEFAULT_HOP_LIMIT,
     ETHERNET_HEADER_LEN,
     HANDSHAKE_TIMESTAMP,
     INNER_CONTROL,
     INNER_FRAME,
     INNER_KEEPALIVE,
+    INNER_OFFLOAD_FRAME,
     OUTER,
     PROLOGUE_PREFIX,
     TYPE_DATA,
+    TYPE_FRAGMENT,
     TYPE_INITIATION,
     TYPE_RESPONSE,
     BadPacket,
@@ -107,6 +129,8 @@ from naas.model.network import MemberRecord, NetworkInfo
 
 _KEEPALIVE = bytes((INNER_KEEPALIVE,))
 _FRAME = bytes((INNER_FRAME,))
+_OFFLOAD_FRAME = bytes((INNER_OFFLOAD_FRAME,))
+_MIN_VNET_READ = VNET_HDR_LEN + ETHERNET_HEADER_LEN
 _ETHERTYPE_ARP = b"\x08\x06"
 _ETHERTYPE_IPV4 = b"\x08\x00"
 DHCP_LEASE_SECONDS = 3600
@@ -139,6 +163,7 @@ class NodeCore:
         mtu: int,
         members: Iterable[MemberRecord] = (),
         full_mesh_up_to: int = FULL_MESH_UP_TO,
+        tap_offload: bool = False,
     ) -> None:
         self.identity = identity
         self.network = network
@@ -160,12 +185,18 @@ class NodeCore:
         self._by_index: dict[int, tuple[Peer, Session]] = {}
         self._pending_by_index: dict[int, Peer] = {}
         self._datagrams_out: list[tuple[bytes, Address]] = []
+        self._runs_out: list[tuple[bytes, Address, int]] = []  # coalesced: (run, to, segment size)
         self._frames_out: list[bytes] = []
+        # naas0 reads and writes carry a virtio-net header (daemon/tap.py, core/offload.py)
+        self.tap_offload = tap_offload
         self._events: list[NodeEvent] = []
         self._link_was_up: dict[int, bool] = {}
         self._next_deadline = now
         self.mac_table = MacTable(self.node_id)
         self._max_frame = mtu + ETHERNET_HEADER_LEN + 4  # one VLAN tag allowed
+        self._max_single_inner = 1 + self._max_frame  # larger inners travel as FRAGMENTs
+        self._piece_size = mtu + ETHERNET_HEADER_LEN + DATA_OVERHEAD - FRAGMENT_HEADER_LEN
+        self._node_id_bytes = self.node_id.to_bytes(4, "big")
         self._max_mss = mtu - 40
         self._ip_to_node: dict[IPv4Address, int] = {}
         self._member_addresses: dict[Address, int] = {}  # direct endpoints -> node (relay check)
@@ -212,6 +243,18 @@ class NodeCore:
         out, self._datagrams_out = self._datagrams_out, []
         return out
 
+    def take_runs(self) -> list[tuple[bytes, Address, int]]:
+        """Coalesced datagrams: ``(run, destination, segment size)`` (daemon/udp.py)."""
+        out, self._runs_out = self._runs_out, []
+        return out
+
+    def take_all_datagrams(self) -> list[tuple[bytes, Address]]:
+        """`take_datagrams` and the datagrams of `take_runs`, for drivers without GSO."""
+        out = self.take_datagrams()
+        for run, address, segment in self.take_runs():
+            out += [(datagram, address) for datagram in datagrams_of(run, segment)]
+        return out
+
     def take_frames(self) -> list[bytes]:
         out, self._frames_out = self._frames_out, []
         return out
@@ -226,6 +269,8 @@ class NodeCore:
     # -- inside: frames from naas0 ---------------------------------------------------------
 
     def tap_frames_received(self, frames: Iterable[bytes], now: float) -> None:
+        if self.tap_offload:
+            frames = self._offloads_sent(frames, now)
         lookup = self.mac_table.lookup
         peers = self.peers
         for frame in frames:
@@ -256,6 +301,53 @@ class NodeCore:
                         self._activate(peer, now)
                     peer.active_until = now + IDLE_LINK_AFTER
                     self._send_inner(peer, inner, now)
+
+    def _offloads_sent(self, reads: Iterable[bytes], now: float) -> list[bytes]:
+        """Reads of a TAP with offloads: those with work left (a checksum, a TCP super-frame)
+        go as they are, as OFFLOAD_FRAMEs, to the one member they are for; the receiver's
+        kernel or `software_segments` finishes them. Plain frames come back, to be switched."""
+        plain: list[bytes] = []
+        for data in reads:
+            if len(data) < _MIN_VNET_READ:
+                self.drops[DropReason.BAD_FRAME] += 1
+                continue
+            if not (data[0] or data[1]):  # no checksum to do, not a super-frame
+                plain.append(data[VNET_HDR_LEN:])
+                continue
+            try:
+                _, gso_type, _, _, csum_start, csum_offset = check_vnet_untrusted(
+                    data[:VNET_HDR_LEN], len(data) - VNET_HDR_LEN
+                )
+                if not gso_type and (len(data) >= self._max_single_inner or data[VNET_HDR_LEN] & 1):
+                    # a full-size segment or a multicast: finish the checksum, send it plainly
+                    plain.append(complete_checksum(data[VNET_HDR_LEN:], csum_start, csum_offset))
+                    continue
+                node = self.mac_table.lookup(data[VNET_HDR_LEN : VNET_HDR_LEN + 6], now)
+                if node is None:  # not learnt yet: flood ordinary frames
+                    plain += software_segments(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:])
+                    continue
+            except BadPacket as exc:
+                self.drops[exc.reason] += 1
+                continue
+            peer = self.peers.get(node)
+            if peer is None:
+                if node != self.node_id:
+                    self.drops[DropReason.NO_ROUTE] += 1
+                continue
+            if not gso_type and data[22:24] == _ETHERTYPE_IPV4 and data[33] == 6:  # a TCP SYN?
+                frame = data[VNET_HDR_LEN:]
+                clamped = clamp_tcp_mss(frame, self._max_mss, checksum_partial=True)
+                if clamped is not frame:
+                    data = data[:VNET_HDR_LEN] + clamped
+            if peer.active_until < now:
+                self._activate(peer, now)
+            peer.active_until = now + IDLE_LINK_AFTER
+            self._send_inner(peer, _OFFLOAD_FRAME + data, now)
+        return plain
+
+    def _local_frame(self, frame: bytes) -> bytes:
+        """A frame for naas0, with the virtio header it expects when offloads are on."""
+        return PLAIN_VNET_HDR + frame if self.tap_offload else frame
 
     def _flood(self, inner: bytes, now: float) -> None:
         """Broadcast: to every member with a session; past the full-mesh size also to the
@@ -289,7 +381,9 @@ class NodeCore:
             node = self._ip_to_node.get(request.target_ip)
             if request.op != 1 or node is None or node == self.node_id:
                 return False
-            self._frames_out.append(arp.build_arp_reply(request, mac_for_node(NodeId(node))))
+            self._frames_out.append(
+                self._local_frame(arp.build_arp_reply(request, mac_for_node(NodeId(node))))
+            )
             return True
         if multicast and ethertype == _ETHERTYPE_IPV4 and self._dhcp is not None:
             try:
@@ -305,7 +399,7 @@ class NodeCore:
             own_ip = self.identity.certificate.ip
             reply = self._dhcp.answer(request_dhcp, client_mac, own_ip)
             if reply is not None:
-                self._frames_out.append(reply)
+                self._frames_out.append(self._local_frame(reply))
             return True
         return False
 
@@ -324,7 +418,9 @@ class NodeCore:
                     continue
                 relayed = hops != DEFAULT_HOP_LIMIT
                 if kind == TYPE_DATA:
-                    self._data_received(datagram, src, address, relayed, now)
+                    self._message_received(datagram, datagram[DATA_HEADER_LEN:], src, address, relayed, now)
+                elif kind == TYPE_FRAGMENT:
+                    self._fragment_received(datagram, src, address, relayed, now)
                 elif kind == TYPE_INITIATION:
                     self._initiation_received(datagram, address, relayed, now)
                 elif kind == TYPE_RESPONSE:
@@ -333,6 +429,51 @@ class NodeCore:
                     raise BadPacket(DropReason.UNKNOWN_TYPE, str(kind))
             except BadPacket as exc:
                 self.drops[exc.reason] += 1
+
+    def runs_received(self, runs: Iterable[tuple[bytes, Address, int]], now: float) -> None:
+        """Coalesced datagrams from UDP GRO: ``(run, sender, segment size)``.
+
+        The usual runs are handled whole: all the pieces of one message for us (joined
+        and opened at once), or datagrams for another member (relayed as one run).
+        Anything else is taken apart and handled datagram by datagram.
+        """
+        for run, address, segment in runs:
+            if len(run) > segment >= DATA_HEADER_LEN:
+                if run[4:8] == self._node_id_bytes:
+                    if run[0] == TYPE_FRAGMENT:
+                        sealed = whole_message(run, segment)
+                        if sealed is not None:
+                            try:
+                                src = int.from_bytes(run[8:12], "big")
+                                relayed = run[1] != DEFAULT_HOP_LIMIT
+                                self._message_received(run, sealed, src, address, relayed, now)
+                            except BadPacket as exc:
+                                self.drops[exc.reason] += 1
+                            continue
+                elif self._relayed_run(run, address, segment):
+                    continue
+            self.datagrams_received([(datagram, address) for datagram in datagrams_of(run, segment)], now)
+
+    def _relayed_run(self, run: bytes, address: Address, segment: int) -> bool:
+        """Relay a run of datagrams all for the same other member as one run; False when
+        it is not such a run or cannot be relayed (then each datagram is handled alone)."""
+        hops = run[1]
+        target = self.peers.get(int.from_bytes(run[4:8], "big"))
+        if hops <= 1 or target is None or address not in self._member_addresses:
+            return False
+        next_address = self._address_for(target)
+        if next_address is None or next_address == address:
+            return False
+        out = bytearray(run)
+        head = run[:8]
+        for at in range(0, len(run), segment):
+            if out[at : at + 8] != head:
+                return False
+            out[at + 1] = hops - 1
+        self._runs_out.append((bytes(out), next_address, segment))
+        self.relayed_packets += -(-len(run) // segment)
+        self.relayed_bytes += len(run)
+        return True
 
     def _relay(self, datagram: bytes, dst: int, hops: int, address: Address) -> None:
         """Forward a datagram for another member on its outer header, never decrypting.
@@ -365,7 +506,12 @@ class NodeCore:
         peer.relayed_via = None
         return peer.current_endpoint or (peer.endpoints[0] if peer.endpoints else None)
 
-    def _data_received(self, datagram: bytes, src: int, address: Address, relayed: bool, now: float) -> None:
+    def _fragment_received(
+        self, datagram: bytes, src: int, address: Address, relayed: bool, now: float
+    ) -> None:
+        """One piece of a message; the message is opened when its last piece is in."""
+        if len(datagram) <= FRAGMENT_HEADER_LEN:
+            raise BadPacket(DropReason.TOO_SHORT, "fragment")
         receiver_index, counter = DATA_HEAD.unpack_from(datagram, OUTER.size)
         entry = self._by_index.get(receiver_index)
         if entry is None:
@@ -373,11 +519,30 @@ class NodeCore:
         peer, session = entry
         if src != peer.node_id:
             raise BadPacket(DropReason.UNKNOWN_SENDER)
+        if session.reassembly is None:
+            session.reassembly = Reassembly(self.drops)
+        index, count = PIECE_HEAD.unpack_from(datagram, DATA_HEADER_LEN)
+        sealed = session.reassembly.add(counter, index, count, datagram[FRAGMENT_HEADER_LEN:])
+        if sealed is not None:
+            self._message_received(datagram, sealed, src, address, relayed, now)
+
+    def _message_received(
+        self, header: bytes, sealed: bytes, src: int, address: Address, relayed: bool, now: float
+    ) -> None:
+        """One sealed message: a DATA datagram's payload or a FRAGMENT message's joined
+        pieces, ``header`` the datagram (or first piece) it came in."""
+        receiver_index, counter = DATA_HEAD.unpack_from(header, OUTER.size)
+        entry = self._by_index.get(receiver_index)
+        if entry is None:
+            raise BadPacket(DropReason.UNKNOWN_INDEX)
+        peer, session = entry
+        if src != peer.node_id:
+            raise BadPacket(DropReason.UNKNOWN_SENDER)
         was_confirmed = session.confirmed
-        inner = session.open(datagram, counter, now)
+        inner = session.open_sealed(header[DATA_AAD_SLICE], counter, sealed, now)
         stats = peer.stats
         stats.rx_packets += 1
-        stats.rx_bytes += len(datagram)
+        stats.rx_bytes += DATA_HEADER_LEN + len(sealed)
         stats.last_rx = now
         if not relayed and address != peer.current_endpoint:
             self._endpoint_confirmed(peer, address, now)
@@ -389,13 +554,29 @@ class NodeCore:
         if kind == INNER_FRAME:
             if len(inner) < 1 + ETHERNET_HEADER_LEN:
                 raise BadPacket(DropReason.BAD_FRAME)
-            frame = inner[1:]
-            self.mac_table.learn(frame[6:12], peer.node_id, now)
-            if not frame[0] & 1:  # unicast to us: keep the link (a broadcast alone does not)
+            self.mac_table.learn(inner[7:13], peer.node_id, now)
+            if not inner[1] & 1:  # unicast to us: keep the link (a broadcast alone does not)
                 if peer.active_until < now:
                     self._activate(peer, now)
                 peer.active_until = now + IDLE_LINK_AFTER
-            self._frames_out.append(frame)
+            if self.tap_offload:
+                self._frames_out.append(PLAIN_VNET_HDR + memoryview(inner)[1:])
+            else:
+                self._frames_out.append(inner[1:])
+        elif kind == INNER_OFFLOAD_FRAME:
+            start = 1 + VNET_HDR_LEN
+            if len(inner) < start + ETHERNET_HEADER_LEN:
+                raise BadPacket(DropReason.BAD_FRAME)
+            vnet = inner[1:start]
+            check_vnet_untrusted(vnet, len(inner) - start)
+            self.mac_table.learn(inner[start + 6 : start + 12], peer.node_id, now)
+            if peer.active_until < now:
+                self._activate(peer, now)
+            peer.active_until = now + IDLE_LINK_AFTER
+            if self.tap_offload:
+                self._frames_out.append(inner[1:])  # the kernel finishes it
+            else:
+                self._frames_out += software_segments(vnet, inner[start:])
         elif kind == INNER_CONTROL:
             reply_to = None if relayed else address
             self._control_received(peer, decode_control_untrusted(inner[1:]), reply_to, now)
@@ -553,10 +734,18 @@ class NodeCore:
             if peer.pending is None and peer.endpoints:
                 self._initiate(peer, now)
             return
-        datagram = session.seal(peer.node_id, self.node_id, DEFAULT_HOP_LIMIT, inner)
-        self._datagrams_out.append((datagram, address))
         stats = peer.stats
         stats.tx_packets += 1
+        if len(inner) > self._max_single_inner:  # a super-frame: pieces, in GSO runs
+            segment = FRAGMENT_HEADER_LEN + self._piece_size
+            for run in session.seal_runs(
+                peer.node_id, self.node_id, DEFAULT_HOP_LIMIT, inner, self._piece_size
+            ):
+                self._runs_out.append((run, address, segment))
+                stats.tx_bytes += len(run)
+            return
+        datagram = session.seal(peer.node_id, self.node_id, DEFAULT_HOP_LIMIT, inner)
+        self._datagrams_out.append((datagram, address))
         stats.tx_bytes += len(datagram)
 
     def _send_control(

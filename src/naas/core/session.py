@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from naas.core.constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_TIME
 from naas.core.crypto import Aead, AuthenticationError
+from naas.core.fragments import Reassembly, pack_runs
 from naas.core.handshake import TransportKeys
 from naas.core.replay import ReplayWindow
 from naas.core.wire import (
@@ -19,6 +20,7 @@ from naas.core.wire import (
     DATA_HEADER_LEN,
     OUTER,
     TYPE_DATA,
+    TYPE_FRAGMENT,
     BadPacket,
     DropReason,
 )
@@ -33,6 +35,7 @@ class Session:
         "created_at",
         "is_initiator",
         "local_index",
+        "reassembly",
         "remote_index",
         "send_counter",
     )
@@ -55,6 +58,7 @@ class Session:
         self._send = Aead(keys.send_key)
         self._receive = Aead(keys.receive_key)
         self._replay = ReplayWindow()
+        self.reassembly: Reassembly | None = None  # made by the node at the first fragment
 
     def age(self, now: float) -> float:
         return now - self.created_at
@@ -74,12 +78,27 @@ class Session:
         )
         return header + self._send.seal(counter, inner, header[DATA_AAD_SLICE])
 
+    def seal_runs(
+        self, dst_node: int, src_node: int, hop_limit: int, inner: bytes, piece_size: int
+    ) -> list[bytes]:
+        """FRAGMENT datagrams carrying ``inner``, packed into GSO runs (core/fragments.py)."""
+        counter = self.send_counter
+        self.send_counter = counter + 1
+        header = OUTER.pack(TYPE_FRAGMENT, hop_limit, 0, dst_node, src_node) + DATA_HEAD.pack(
+            self.remote_index, counter
+        )
+        return pack_runs(header, self._send.seal(counter, inner, header[DATA_AAD_SLICE]), piece_size)
+
     def open(self, datagram: bytes, counter: int, now: float) -> bytes:
         """The inner payload of a DATA datagram addressed to this session."""
+        return self.open_sealed(datagram[DATA_AAD_SLICE], counter, datagram[DATA_HEADER_LEN:], now)
+
+    def open_sealed(self, aad: bytes, counter: int, sealed: bytes, now: float) -> bytes:
+        """The inner payload of one message: a DATA datagram's, or joined FRAGMENT pieces'."""
         if now - self.created_at >= REJECT_AFTER_TIME:
             raise BadPacket(DropReason.SESSION_EXPIRED)
         try:
-            inner = self._receive.open(counter, datagram[DATA_HEADER_LEN:], datagram[DATA_AAD_SLICE])
+            inner = self._receive.open(counter, sealed, aad)
         except AuthenticationError:
             raise BadPacket(DropReason.DECRYPT_FAILED) from None
         if not self._replay.accept(counter):

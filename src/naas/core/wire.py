@@ -9,12 +9,17 @@ reads: it forwards on ``dst_node`` and decrements ``hop_limit`` without decrypti
     INITIATION (1): sender_index u32 | Noise IK message 1
     RESPONSE   (2): sender_index u32 | receiver_index u32 | Noise IK message 2
     DATA       (3): receiver_index u32 | counter u64 | AEAD(inner) incl. 16-byte tag
+    FRAGMENT   (4): receiver_index u32 | counter u64 | index u8 | count u8 | piece
+                    (one of ``count`` pieces of an AEAD(inner) too big for one datagram;
+                    see core/fragments.py)
 
 The AEAD additional data of a DATA packet is bytes 2..24 (flags, dst, src, receiver
 index, counter): every header byte but the type (only DATA is ever decrypted) and the
 hop limit, which a relay rewrites.
 The decrypted ``inner`` starts with one kind byte: KEEPALIVE (empty), FRAME (an
-Ethernet frame) or CONTROL (a JSON control message, see core/control_messages.py).
+Ethernet frame), CONTROL (a JSON control message, see core/control_messages.py) or
+OFFLOAD_FRAME (a 10-byte virtio-net header, then an Ethernet frame whose checksum or TCP
+segmentation is still to be done: see core/offload.py).
 
 Parsers of bytes from the network end in ``_untrusted`` and raise ``BadPacket``
 carrying a ``DropReason``; callers turn it into a counted drop.
@@ -34,10 +39,12 @@ PROLOGUE_PREFIX = b"naas/1 "  # + network name: peers of other networks fail the
 TYPE_INITIATION = 1
 TYPE_RESPONSE = 2
 TYPE_DATA = 3
+TYPE_FRAGMENT = 4
 
 INNER_KEEPALIVE = 0
 INNER_FRAME = 1
 INNER_CONTROL = 2
+INNER_OFFLOAD_FRAME = 3
 
 DEFAULT_HOP_LIMIT = 8
 
@@ -93,6 +100,9 @@ class DropReason(enum.Enum):
     QUEUE_FULL = "queue_full"
     BAD_FRAME = "bad_frame"
     FRAME_TOO_BIG = "frame_too_big"
+    BAD_OFFLOAD = "bad_offload"  # a virtio-net header (checksum or segmentation) not fitting its frame
+    BAD_FRAGMENT = "bad_fragment"  # a FRAGMENT datagram whose index, count or size does not add up
+    FRAGMENTS_INCOMPLETE = "fragments_incomplete"  # a fragmented message given up before it was whole
 
 
 class BadPacket(Exception):

@@ -2,9 +2,12 @@
 
 Theory of operation. asyncio watches two file descriptors. When naas0 is readable,
 a batch of frames is read and handed to ``NodeCore.tap_frames_received``; when the
-UDP socket is readable, a batch of datagrams goes to ``datagrams_received``. After
-each batch, ``_transmit()`` drains the core's effects: datagrams out in one batch,
-frames into naas0 in one batch, events to the log. One timer, re-armed to
+UDP socket is readable, a batch of datagrams goes to ``datagrams_received`` (or, with
+UDP GRO, a batch of coalesced runs to ``runs_received``). After each batch,
+``_transmit()`` drains the core's effects: datagrams and GSO runs out, frames into
+naas0, events to the log. With ``offload`` (the default) naas0 and the socket use the
+kernel's segmentation offloads where it has them (daemon/tap.py, daemon/udp.py); the
+core is told which, and the bytes between members are the same either way. One timer, re-armed to
 ``NodeCore.next_deadline()``, runs handshake retransmission, rekeying and probes.
 Nothing here decides anything about the protocol; it only moves bytes and time.
 
@@ -52,8 +55,10 @@ class Agent:
         interface: str = DEFAULT_INTERFACE,
         listen_host: str = "0.0.0.0",
         metrics: tuple[str, int] | None = None,
+        offload: bool = True,
     ) -> None:
         self.node_dir = node_dir
+        self.offload = offload  # ask for TSO/checksum offload on naas0 and UDP GSO/GRO
         self.metrics_address = metrics  # (host, port) of the opt-in Prometheus port
         self._metrics: Any = None  # aiohttp AppRunner while serving
         self.interface = interface
@@ -79,7 +84,7 @@ class Agent:
         cert = identity.certificate
         # pyroute2's synchronous API runs an event loop of its own: call it from a thread
         mtu = await asyncio.to_thread(self._configure_interface, network, cert)
-        self._udp = LinuxUdpSocket.bind(self.listen_host, network.mesh_port)
+        self._udp = LinuxUdpSocket.bind(self.listen_host, network.mesh_port, offload=self.offload)
         now = loop.time()
         self.core = NodeCore(
             identity,
@@ -89,6 +94,7 @@ class Agent:
             wall_offset=time.time() - now,
             mtu=mtu,
             members=members,
+            tap_offload=self._tap.offload,
         )
         loop.add_reader(self._tap.fileno(), self._tap_readable)
         loop.add_reader(self._udp.fileno(), self._udp_readable)
@@ -104,7 +110,7 @@ class Agent:
         self._control = await control.serve(self.node_dir.socket_path, self._control_request)
         write_file(self.node_dir.pid_path, f"{os.getpid()}\n".encode())
         log.info(
-            "agent started name=%s node_id=%d interface=%s mtu=%d ip=%s listen=%s:%d members=%d",
+            "agent started name=%s node_id=%d interface=%s mtu=%d ip=%s listen=%s:%d members=%d offloads=%s",
             cert.name,
             cert.node_id,
             self._tap.name,
@@ -113,6 +119,7 @@ class Agent:
             self.listen_host,
             network.mesh_port,
             len(members),
+            self._offload_summary(),
         )
         self._arm_timer(now)
 
@@ -123,7 +130,7 @@ class Agent:
             host = network.pops[0].mesh_endpoint.host
             underlay_mtu, ipv6 = netconf.route_mtu_to(host), ":" in host
         mtu = overlay_mtu(underlay_mtu, ipv6_underlay=ipv6)
-        self._tap = LinuxTap.open(self.interface)
+        self._tap = LinuxTap.open(self.interface, offload=self.offload)
         netconf.configure_interface(
             self._tap.name, mac=cert.mac, mtu=mtu, address=cert.ip if network.layer3 else None
         )
@@ -173,6 +180,12 @@ class Agent:
 
     def _udp_readable(self) -> None:
         assert self._udp is not None and self.core is not None
+        if self._udp.gro:
+            runs = self._udp.receive_coalesced(BATCH)
+            if runs:
+                self.core.runs_received(runs, asyncio.get_running_loop().time())
+                self._transmit()
+            return
         datagrams = self._udp.receive_batch(BATCH)
         if datagrams:
             self.core.datagrams_received(datagrams, asyncio.get_running_loop().time())
@@ -206,6 +219,9 @@ class Agent:
         datagrams = core.take_datagrams()
         if datagrams:
             self._udp.send_batch(datagrams)
+        runs = core.take_runs()
+        if runs:
+            self._udp.send_coalesced(runs)
         frames = core.take_frames()
         if frames:
             self._tap.write_batch(frames)
@@ -214,6 +230,12 @@ class Agent:
             for event in events:
                 self._log_event(event)
         self._arm_timer(asyncio.get_running_loop().time())
+
+    def _offload_summary(self) -> str:
+        """Which offloads are in use, e.g. ``tso+csum,gso,gro`` or ``none``."""
+        assert self._tap is not None and self._udp is not None
+        used = [("tso+csum", self._tap.offload), ("gso", self._udp.gso), ("gro", self._udp.gro)]
+        return ",".join(name for name, on in used if on) or "none"
 
     def _log_event(self, event: NodeEvent) -> None:
         if event.kind in ("member_learned", "member_updated"):
@@ -254,6 +276,7 @@ class Agent:
                 "pid": os.getpid(),
                 "interface": self.interface,
                 "listen": f"{self.listen_host}:{self.core.network.mesh_port}",
+                "offloads": self._offload_summary() if self._udp and self._tap else "none",
                 "udp_send_drops": {k.value: v for k, v in self._udp.drops.items()} if self._udp else {},
                 "tap_write_drops": {k.value: v for k, v in self._tap.drops.items()} if self._tap else {},
             }

@@ -6,7 +6,7 @@ events ordered by (time, insertion order), so a run is a pure function of the se
     TIMER    node n's timer is due: ``core.timer_fired(t)``
     DELIVER  a datagram reaches node n: ``core.datagrams_received([(bytes, source)], t)``
 
-After every input the node is *drained*: ``take_datagrams()`` become DELIVER events at
+After every input the node is *drained*: ``take_all_datagrams()`` become DELIVER events at
 ``t + latency(src, dst)`` unless the underlay drops them (a cut pair, a crashed end, an
 unknown address, or a loss draw from the seeded RNG); frames written to naas0 are
 counted (``send_frame`` injects one at a member) and events discarded; and
@@ -320,7 +320,7 @@ class Simulator:
     def _drain(self, node: SimNode) -> None:
         core = node.core
         now = self.now
-        out = core.take_datagrams()
+        out = core.take_all_datagrams()
         if out:
             push, heap, rng, loss = heapq.heappush, self._heap, self._rng, self.loss
             for datagram, address in out:

@@ -1,0 +1,136 @@
+"""Messages bigger than a datagram: cutting a sealed message into FRAGMENT datagrams and joining them.
+
+Theory of operation
+-------------------
+With offloads on, naas0 hands the agent TCP super-frames of up to 64 KiB. Cutting them
+back into TCP segments would rewrite headers and checksums some 45 times per read. The
+sender seals the whole super-frame as *one* message instead (one AEAD call, one counter)
+and cuts the sealed bytes into pieces that fit the underlay:
+
+    FRAGMENT datagram = outer header (12) | receiver index u32 | counter u64 | index u8 | count u8 | piece
+
+The first 24 bytes are the header a DATA datagram of this message would carry, but for
+the type byte, and bytes 2..24 are the AEAD's additional data, as for DATA. So relays
+forward fragments like any other datagram, on the outer header, and the receiver
+authenticates the message once, when it is whole. ``index`` and ``count`` are not
+authenticated on their own: a forged one only makes the joined bytes fail the tag.
+
+All pieces but the last have the same size, so the run of datagrams leaves in one UDP GSO
+call (`pack_runs`), and a receiver with UDP GRO usually gets all of them back in one
+buffer. `whole_message` recognises that case and joins the pieces with no bookkeeping.
+Otherwise (pieces one by one, or a run cut in two) a `Reassembly` collects them per
+counter.
+
+Bounds, since pieces are not authenticated until the message is whole: ``count`` is at
+most MAX_PIECES, and a session keeps at most MAX_PARTIAL messages in progress. When
+another starts, the oldest is dropped and counted as ``fragments_incomplete``. Memory is
+thus at most MAX_PARTIAL x 64 KiB per session, whatever a sender does.
+
+Losing one piece loses the message. For TCP that is a whole super-frame, which the
+receiver's SACKs then ask for again (docs/performance.md weighs this).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from naas.core.wire import DATA_HEADER_LEN, MAX_DATAGRAM, BadPacket, DropReason
+
+# -- wire constants ---------------------------------------------------------------------------
+
+PIECE_HEAD = struct.Struct("!BB")  # index, count: after the 24 bytes shared with DATA
+FRAGMENT_HEADER_LEN = DATA_HEADER_LEN + PIECE_HEAD.size  # 26
+MAX_PIECES = 255  # count is one byte
+MAX_RUN_BYTES = MAX_DATAGRAM - 20 - 8  # one GSO send: the largest UDP payload over IPv4
+MAX_RUN_SEGMENTS = 64  # the kernel's limit per GSO send is 64 (older) or 128 (newer)
+
+# -- implementation bounds --------------------------------------------------------------------
+
+MAX_PARTIAL = 8  # messages in progress per session
+
+
+def pack_runs(header: bytes, sealed: bytes, piece_size: int) -> list[bytes]:
+    """The FRAGMENT datagrams of one sealed message, packed into GSO runs.
+
+    ``header`` is the 24-byte header (type FRAGMENT) shared by every piece. Each run is
+    a whole number of ``FRAGMENT_HEADER_LEN + piece_size`` segments but the last run,
+    whose last segment may be shorter.
+    """
+    count = -(-len(sealed) // piece_size)
+    if count > MAX_PIECES:
+        raise ValueError(f"message of {len(sealed)} bytes needs {count} pieces")
+    segment = FRAGMENT_HEADER_LEN + piece_size
+    per_run = max(1, min(MAX_RUN_SEGMENTS, MAX_RUN_BYTES // segment))
+    view = memoryview(sealed)
+    parts: list[bytes | memoryview] = []
+    runs: list[bytes] = []
+    for index in range(count):
+        at = index * piece_size
+        parts += (header, bytes((index, count)), view[at : at + piece_size])
+        if len(parts) == 3 * per_run:
+            runs.append(b"".join(parts))
+            parts.clear()
+    if parts:
+        runs.append(b"".join(parts))
+    return runs
+
+
+def datagrams_of(run: bytes, segment: int) -> list[bytes]:
+    """The datagrams of a coalesced run: ``segment`` bytes each, the last maybe shorter."""
+    return [run[at : at + segment] for at in range(0, len(run), max(segment, 1))]
+
+
+def whole_message(run: bytes, segment: int) -> bytes | None:
+    """The joined pieces when ``run`` holds exactly one message's pieces, in order, else None.
+
+    That is what UDP GRO usually delivers: a message sent as one GSO run comes back as
+    one. The first and last headers are checked; a piece in between that belongs to
+    another message makes the joined bytes fail their tag.
+    """
+    size = len(run)
+    if segment <= FRAGMENT_HEADER_LEN or size < FRAGMENT_HEADER_LEN:
+        return None
+    count = -(-size // segment)
+    last = (count - 1) * segment
+    if run[24] != 0 or run[25] != count or size - last <= FRAGMENT_HEADER_LEN:
+        return None
+    if run[last + 25] != count or run[last + 24] != count - 1 or run[last + 2 : last + 24] != run[2:24]:
+        return None
+    view = memoryview(run)
+    return b"".join([view[at + FRAGMENT_HEADER_LEN : at + segment] for at in range(0, size, segment)])
+
+
+class Reassembly:
+    """The messages of one session whose pieces arrive separately (see module docstring)."""
+
+    __slots__ = ("_drops", "_partial")
+
+    def __init__(self, drops: dict[DropReason, int]) -> None:
+        self._drops = drops  # the node's drop counters
+        self._partial: dict[int, tuple[list[bytes | None], list[int]]] = {}  # counter -> pieces, [missing]
+
+    def __len__(self) -> int:
+        return len(self._partial)
+
+    def add(self, counter: int, index: int, count: int, piece: bytes) -> bytes | None:
+        """Remember one piece; the joined message once its last piece is in, else None."""
+        if not 0 < count <= MAX_PIECES or index >= count or not piece:
+            raise BadPacket(DropReason.BAD_FRAGMENT, f"piece {index} of {count}, {len(piece)} bytes")
+        entry = self._partial.get(counter)
+        if entry is None:
+            if len(self._partial) >= MAX_PARTIAL:
+                del self._partial[next(iter(self._partial))]  # the oldest message in progress
+                self._drops[DropReason.FRAGMENTS_INCOMPLETE] += 1
+            entry = ([None] * count, [count])
+            self._partial[counter] = entry
+        pieces, missing = entry
+        if len(pieces) != count:
+            raise BadPacket(DropReason.BAD_FRAGMENT, f"count {count} after {len(pieces)}")
+        if pieces[index] is not None:
+            return None  # a duplicate
+        pieces[index] = piece
+        missing[0] -= 1
+        if missing[0]:
+            return None
+        del self._partial[counter]
+        return b"".join(pieces)  # type: ignore[arg-type]  # no None is left
