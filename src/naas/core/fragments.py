@@ -34,7 +34,15 @@ from __future__ import annotations
 
 import struct
 
-from naas.core.wire import DATA_HEADER_LEN, MAX_DATAGRAM, BadPacket, DropReason
+from naas.core.wire import (
+    AEAD_TAG_LEN,
+    DATA_HEADER_LEN,
+    DATA_OVERHEAD,
+    ETHERNET_HEADER_LEN,
+    MAX_DATAGRAM,
+    BadPacket,
+    DropReason,
+)
 
 # -- wire constants ---------------------------------------------------------------------------
 
@@ -47,6 +55,17 @@ MAX_RUN_SEGMENTS = 64  # the kernel's limit per GSO send is 64 (older) or 128 (n
 # -- implementation bounds --------------------------------------------------------------------
 
 MAX_PARTIAL = 8  # messages in progress per session
+
+
+def piece_size_for(mtu: int) -> int:
+    """Piece bytes per FRAGMENT datagram: its datagram is as large as the largest DATA one."""
+    return mtu + ETHERNET_HEADER_LEN + DATA_OVERHEAD - FRAGMENT_HEADER_LEN
+
+
+def one_run_limit(piece_size: int) -> int:
+    """The largest inner payload that is sealed into one GSO run of pieces."""
+    segment = FRAGMENT_HEADER_LEN + piece_size
+    return max(1, min(MAX_RUN_SEGMENTS, MAX_RUN_BYTES // segment)) * piece_size - AEAD_TAG_LEN
 
 
 def pack_runs(header: bytes, sealed: bytes, piece_size: int) -> list[bytes]:
@@ -80,57 +99,70 @@ def datagrams_of(run: bytes, segment: int) -> list[bytes]:
     return [run[at : at + segment] for at in range(0, len(run), max(segment, 1))]
 
 
-def whole_message(run: bytes, segment: int) -> bytes | None:
-    """The joined pieces when ``run`` holds exactly one message's pieces, in order, else None.
+def run_span(run: bytes, segment: int) -> tuple[int, int, int, bytes] | None:
+    """``(first index, count, pieces, joined bytes)`` when ``run`` holds consecutive pieces
+    of one message, in order, else None.
 
     That is what UDP GRO usually delivers: a message sent as one GSO run comes back as
-    one. The first and last headers are checked; a piece in between that belongs to
-    another message makes the joined bytes fail their tag.
+    one (a 64 KiB message is two runs, of 44 and 2 pieces). The first and last headers
+    are checked; a piece in between that belongs to another message makes the joined
+    message fail its tag.
     """
     size = len(run)
-    if segment <= FRAGMENT_HEADER_LEN or size < FRAGMENT_HEADER_LEN:
+    if segment <= FRAGMENT_HEADER_LEN or size <= segment:
         return None
-    count = -(-size // segment)
-    last = (count - 1) * segment
-    if run[24] != 0 or run[25] != count or size - last <= FRAGMENT_HEADER_LEN:
+    pieces = -(-size // segment)
+    last = (pieces - 1) * segment
+    first, count = run[24], run[25]
+    if size - last <= FRAGMENT_HEADER_LEN or first + pieces > count:
         return None
-    if run[last + 25] != count or run[last + 24] != count - 1 or run[last + 2 : last + 24] != run[2:24]:
+    if run[last + 24] != first + pieces - 1 or run[last + 25] != count:
+        return None
+    if run[last + 2 : last + 24] != run[2:24]:
         return None
     view = memoryview(run)
-    return b"".join([view[at + FRAGMENT_HEADER_LEN : at + segment] for at in range(0, size, segment)])
+    joined = b"".join([view[at + FRAGMENT_HEADER_LEN : at + segment] for at in range(0, size, segment)])
+    return first, count, pieces, joined
 
 
 class Reassembly:
-    """The messages of one session whose pieces arrive separately (see module docstring)."""
+    """The messages of one session that arrive in more than one run (module docstring).
+
+    A message in progress is a list of *spans*, keyed by the index of their first piece:
+    one piece when datagrams arrive one by one, several when they came in a GRO run.
+    """
 
     __slots__ = ("_drops", "_partial")
 
     def __init__(self, drops: dict[DropReason, int]) -> None:
         self._drops = drops  # the node's drop counters
-        self._partial: dict[int, tuple[list[bytes | None], list[int]]] = {}  # counter -> pieces, [missing]
+        # counter -> (span bytes by first index, which pieces are in, [pieces missing])
+        self._partial: dict[int, tuple[dict[int, bytes], bytearray, list[int]]] = {}
 
     def __len__(self) -> int:
         return len(self._partial)
 
-    def add(self, counter: int, index: int, count: int, piece: bytes) -> bytes | None:
-        """Remember one piece; the joined message once its last piece is in, else None."""
-        if not 0 < count <= MAX_PIECES or index >= count or not piece:
-            raise BadPacket(DropReason.BAD_FRAGMENT, f"piece {index} of {count}, {len(piece)} bytes")
+    def add(self, counter: int, first: int, count: int, span: bytes, pieces: int = 1) -> bytes | None:
+        """Remember ``pieces`` consecutive pieces from index ``first``, joined in ``span``;
+        the whole message once its last piece is in, else None."""
+        if not 0 < count <= MAX_PIECES or pieces < 1 or first + pieces > count or not span:
+            raise BadPacket(DropReason.BAD_FRAGMENT, f"pieces {first}+{pieces} of {count}, {len(span)} bytes")
         entry = self._partial.get(counter)
         if entry is None:
             if len(self._partial) >= MAX_PARTIAL:
                 del self._partial[next(iter(self._partial))]  # the oldest message in progress
                 self._drops[DropReason.FRAGMENTS_INCOMPLETE] += 1
-            entry = ([None] * count, [count])
+            entry = ({}, bytearray(count), [count])
             self._partial[counter] = entry
-        pieces, missing = entry
-        if len(pieces) != count:
-            raise BadPacket(DropReason.BAD_FRAGMENT, f"count {count} after {len(pieces)}")
-        if pieces[index] is not None:
+        spans, have, missing = entry
+        if len(have) != count:
+            raise BadPacket(DropReason.BAD_FRAGMENT, f"count {count} after {len(have)}")
+        if any(have[first : first + pieces]):
             return None  # a duplicate
-        pieces[index] = piece
-        missing[0] -= 1
+        have[first : first + pieces] = b"\1" * pieces
+        spans[first] = span
+        missing[0] -= pieces
         if missing[0]:
             return None
         del self._partial[counter]
-        return b"".join(pieces)  # type: ignore[arg-type]  # no None is left
+        return b"".join([spans[index] for index in sorted(spans)])

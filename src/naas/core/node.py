@@ -80,7 +80,14 @@ from naas.core.control_messages import (
 )
 from naas.core.crypto import certificate_problem
 from naas.core.ethernet import clamp_tcp_mss
-from naas.core.fragments import FRAGMENT_HEADER_LEN, PIECE_HEAD, Reassembly, datagrams_of, whole_message
+from naas.core.fragments import (
+    FRAGMENT_HEADER_LEN,
+    PIECE_HEAD,
+    Reassembly,
+    datagrams_of,
+    piece_size_for,
+    run_span,
+)
 from naas.core.handshake import HandshakeError, InitiatorHandshake, ResponderHandshake
 from naas.core.link_state_sync import LinkStateSync
 from naas.core.membership_sync import MembershipSync
@@ -100,7 +107,6 @@ from naas.core.wire import (
     DATA_AAD_SLICE,
     DATA_HEAD,
     DATA_HEADER_LEN,
-    DATA_OVERHEAD,
     DEFAULT_HOP_LIMIT,
     ETHERNET_HEADER_LEN,
     HANDSHAKE_TIMESTAMP,
@@ -195,7 +201,7 @@ class NodeCore:
         self.mac_table = MacTable(self.node_id)
         self._max_frame = mtu + ETHERNET_HEADER_LEN + 4  # one VLAN tag allowed
         self._max_single_inner = 1 + self._max_frame  # larger inners travel as FRAGMENTs
-        self._piece_size = mtu + ETHERNET_HEADER_LEN + DATA_OVERHEAD - FRAGMENT_HEADER_LEN
+        self._piece_size = piece_size_for(mtu)
         self._node_id_bytes = self.node_id.to_bytes(4, "big")
         self._max_mss = mtu - 40
         self._ip_to_node: dict[IPv4Address, int] = {}
@@ -441,12 +447,10 @@ class NodeCore:
             if len(run) > segment >= DATA_HEADER_LEN:
                 if run[4:8] == self._node_id_bytes:
                     if run[0] == TYPE_FRAGMENT:
-                        sealed = whole_message(run, segment)
-                        if sealed is not None:
+                        span = run_span(run, segment)
+                        if span is not None:
                             try:
-                                src = int.from_bytes(run[8:12], "big")
-                                relayed = run[1] != DEFAULT_HOP_LIMIT
-                                self._message_received(run, sealed, src, address, relayed, now)
+                                self._span_received(run, span, address, now)
                             except BadPacket as exc:
                                 self.drops[exc.reason] += 1
                             continue
@@ -512,7 +516,29 @@ class NodeCore:
         """One piece of a message; the message is opened when its last piece is in."""
         if len(datagram) <= FRAGMENT_HEADER_LEN:
             raise BadPacket(DropReason.TOO_SHORT, "fragment")
-        receiver_index, counter = DATA_HEAD.unpack_from(datagram, OUTER.size)
+        index, count = PIECE_HEAD.unpack_from(datagram, DATA_HEADER_LEN)
+        span = (index, count, 1, datagram[FRAGMENT_HEADER_LEN:])
+        self._span_received(datagram, span, address, now, src, relayed)
+
+    def _span_received(
+        self,
+        header: bytes,
+        span: tuple[int, int, int, bytes],
+        address: Address,
+        now: float,
+        src: int | None = None,
+        relayed: bool | None = None,
+    ) -> None:
+        """Consecutive pieces of a message (core/fragments.py), ``header`` the first's."""
+        if src is None:
+            src = int.from_bytes(header[8:12], "big")
+        if relayed is None:
+            relayed = header[1] != DEFAULT_HOP_LIMIT
+        first, count, pieces, joined = span
+        if first == 0 and pieces == count:  # the whole message in one run: the usual case
+            self._message_received(header, joined, src, address, relayed, now)
+            return
+        receiver_index, counter = DATA_HEAD.unpack_from(header, OUTER.size)
         entry = self._by_index.get(receiver_index)
         if entry is None:
             raise BadPacket(DropReason.UNKNOWN_INDEX)
@@ -521,10 +547,9 @@ class NodeCore:
             raise BadPacket(DropReason.UNKNOWN_SENDER)
         if session.reassembly is None:
             session.reassembly = Reassembly(self.drops)
-        index, count = PIECE_HEAD.unpack_from(datagram, DATA_HEADER_LEN)
-        sealed = session.reassembly.add(counter, index, count, datagram[FRAGMENT_HEADER_LEN:])
+        sealed = session.reassembly.add(counter, first, count, joined, pieces)
         if sealed is not None:
-            self._message_received(datagram, sealed, src, address, relayed, now)
+            self._message_received(header, sealed, src, address, relayed, now)
 
     def _message_received(
         self, header: bytes, sealed: bytes, src: int, address: Address, relayed: bool, now: float

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from ipaddress import IPv4Interface, ip_address
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 FALLBACK_MTU = 1500  # when the kernel has no route to the destination
+
+
+RTN_LOCAL = 2  # linux/rtnetlink.h: a route to an address of this host
 
 
 class NetconfError(Exception):
@@ -71,11 +74,16 @@ def configure_interface(
     mtu: int,
     address: IPv4Interface | None,
     up: bool = True,
+    gso_max_size: int | None = None,
 ) -> None:
-    """Set MAC, MTU, the only IPv4 address (None: leave addresses alone) and link state."""
+    """Set MAC, MTU, the only IPv4 address (None: leave addresses alone) and link state,
+    and the largest super-frame the stack may send (kept when the kernel cannot set it)."""
     text_mac = _format_mac(mac)
     with _netlink(f"{name}: set mac {text_mac} mtu {mtu}") as ipr:
         ipr.link("set", index=_index(ipr, name), address=text_mac, mtu=mtu)
+    if gso_max_size is not None:
+        with suppress(NetconfError), _netlink(f"{name}: set gso_max_size {gso_max_size}") as ipr:
+            ipr.link("set", index=_index(ipr, name), gso_max_size=gso_max_size)
     if address is not None:
         set_address(name, address)
     with _netlink(f"{name}: set link {'up' if up else 'down'}") as ipr:
@@ -126,6 +134,8 @@ def _delete_address(name: str, address: IPv4Interface) -> None:
 def route_mtu_to(dst_ip: str) -> int:
     """MTU towards `dst_ip` (IPv4 or IPv6): the egress device's, or a lower route metric.
 
+    For an address of this host, the MTU of the device that holds it (not loopback's).
+
     Returns `FALLBACK_MTU` when the kernel has no route to `dst_ip`.
     """
     family = socket.AF_INET6 if ip_address(dst_ip).version == 6 else socket.AF_INET
@@ -137,7 +147,13 @@ def route_mtu_to(dst_ip: str) -> int:
         if not routes:
             return FALLBACK_MTU
         route = routes[0]
-        links = ipr.get_links(route.get("RTA_OIF"))
+        oif = route.get("RTA_OIF")
+        if route["type"] == RTN_LOCAL:  # our own address (a PoP): its device, not loopback
+            owners = ipr.get_addr(family=family, address=dst_ip)
+            oif = owners[0]["index"] if owners else None
+            if oif is None:
+                return FALLBACK_MTU
+        links = ipr.get_links(oif)
         mtu = int(links[0].get("IFLA_MTU")) if links else FALLBACK_MTU
         metrics = route.get("RTA_METRICS")
         route_mtu = metrics.get("RTAX_MTU") if metrics is not None else None

@@ -25,14 +25,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from naas.core.fragments import one_run_limit, piece_size_for
 from naas.core.node import NodeCore, NodeEvent
+from naas.core.offload import VNET_HDR_LEN
 from naas.core.topology import Topology
-from naas.core.wire import overlay_mtu
+from naas.core.wire import ETHERNET_HEADER_LEN, overlay_mtu
 from naas.daemon import control, netconf
 from naas.daemon.metrics_server import serve_metrics
 from naas.daemon.state import NodeDir, write_file
 from naas.daemon.tap import LinuxTap
-from naas.daemon.udp import LinuxUdpSocket
+from naas.daemon.udp import LinuxUdpSocket, coalesce
 from naas.model.certificate import Certificate
 from naas.model.network import NetworkInfo
 
@@ -131,8 +133,14 @@ class Agent:
             underlay_mtu, ipv6 = netconf.route_mtu_to(host), ":" in host
         mtu = overlay_mtu(underlay_mtu, ipv6_underlay=ipv6)
         self._tap = LinuxTap.open(self.interface, offload=self.offload)
+        # a super-frame should seal into one GSO run: IP packet = frame - Ethernet header
+        super_frame = one_run_limit(piece_size_for(mtu)) - 1 - VNET_HDR_LEN - ETHERNET_HEADER_LEN
         netconf.configure_interface(
-            self._tap.name, mac=cert.mac, mtu=mtu, address=cert.ip if network.layer3 else None
+            self._tap.name,
+            mac=cert.mac,
+            mtu=mtu,
+            address=cert.ip if network.layer3 else None,
+            gso_max_size=super_frame if self._tap.offload else None,
         )
         return mtu
 
@@ -218,7 +226,10 @@ class Agent:
         assert core is not None and self._udp is not None and self._tap is not None
         datagrams = core.take_datagrams()
         if datagrams:
-            self._udp.send_batch(datagrams)
+            if self._udp.gso and len(datagrams) > 1:
+                self._udp.send_coalesced(coalesce(datagrams))
+            else:
+                self._udp.send_batch(datagrams)
         runs = core.take_runs()
         if runs:
             self._udp.send_coalesced(runs)

@@ -41,11 +41,11 @@ import os
 import socket
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import Protocol
 
-from naas.core.fragments import datagrams_of
+from naas.core.fragments import MAX_RUN_BYTES, MAX_RUN_SEGMENTS, datagrams_of
 
 Address = tuple[str, int]  # (IP literal, port)
 
@@ -280,6 +280,32 @@ class LinuxUdpSocket:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def coalesce(datagrams: Sequence[tuple[bytes, Address]]) -> list[tuple[bytes, Address, int]]:
+    """Consecutive datagrams to one address, of one size (the last of a run may be
+    shorter), joined into runs for `send_coalesced`: a burst of TCP ACKs to a member
+    then costs one system call. Order is kept."""
+    runs: list[tuple[bytes, Address, int]] = []
+    at, end = 0, len(datagrams)
+    while at < end:
+        payload, destination = datagrams[at]
+        size = total = len(payload)
+        stop = at + 1
+        while stop < end and stop - at < MAX_RUN_SEGMENTS:
+            following, to = datagrams[stop]
+            if to != destination or len(following) > size or total + len(following) > MAX_RUN_BYTES:
+                break
+            total += len(following)
+            stop += 1
+            if len(following) < size:
+                break  # only the last datagram of a run may be shorter
+        if stop == at + 1:
+            runs.append((payload, destination, size))
+        else:
+            runs.append((b"".join([datagram for datagram, _ in datagrams[at:stop]]), destination, size))
+        at = stop
+    return runs
 
 
 def _try_option(sock: socket.socket, option: int, value: int) -> bool:
