@@ -111,6 +111,7 @@ class SimNet:
         network: NetworkInfo,
         members: Iterable[MemberRecord] = (),
         mtu: int = 1400,
+        tap_offload: bool = False,
     ) -> NodeCore:
         core = NodeCore(
             identity,
@@ -120,6 +121,7 @@ class SimNet:
             wall_offset=NOW_UNIX - self.now,
             mtu=mtu,
             members=members,
+            tap_offload=tap_offload,
         )
         self.cores[name] = core
         self.addresses[self.address_of(name)] = name

@@ -33,6 +33,8 @@ receiver's SACKs then ask for again (docs/performance.md weighs this).
 from __future__ import annotations
 
 import struct
+from functools import cache
+from itertools import chain
 
 from naas.core.wire import (
     AEAD_TAG_LEN,
@@ -78,20 +80,21 @@ def pack_runs(header: bytes, sealed: bytes, piece_size: int) -> list[bytes]:
     count = -(-len(sealed) // piece_size)
     if count > MAX_PIECES:
         raise ValueError(f"message of {len(sealed)} bytes needs {count} pieces")
-    segment = FRAGMENT_HEADER_LEN + piece_size
-    per_run = max(1, min(MAX_RUN_SEGMENTS, MAX_RUN_BYTES // segment))
+    per_run = max(1, min(MAX_RUN_SEGMENTS, MAX_RUN_BYTES // (FRAGMENT_HEADER_LEN + piece_size)))
     view = memoryview(sealed)
-    parts: list[bytes | memoryview] = []
-    runs: list[bytes] = []
-    for index in range(count):
-        at = index * piece_size
-        parts += (header, bytes((index, count)), view[at : at + piece_size])
-        if len(parts) == 3 * per_run:
-            runs.append(b"".join(parts))
-            parts.clear()
-    if parts:
-        runs.append(b"".join(parts))
-    return runs
+    # all C-level loops: one header per piece, the pieces as views, interleaved and joined
+    heads = [header + index_count for index_count in _index_bytes(count)]
+    pieces = [view[at : at + piece_size] for at in range(0, len(sealed), piece_size)]
+    return [
+        b"".join(chain.from_iterable(zip(heads[at : at + per_run], pieces[at : at + per_run], strict=True)))
+        for at in range(0, count, per_run)
+    ]
+
+
+@cache
+def _index_bytes(count: int) -> tuple[bytes, ...]:
+    """The (index, count) bytes of each piece of a ``count``-piece message."""
+    return tuple(PIECE_HEAD.pack(index, count) for index in range(count))
 
 
 def datagrams_of(run: bytes, segment: int) -> list[bytes]:
@@ -104,7 +107,8 @@ def run_span(run: bytes, segment: int) -> tuple[int, int, int, bytes] | None:
     of one message, in order, else None.
 
     That is what UDP GRO usually delivers: a message sent as one GSO run comes back as
-    one (a 64 KiB message is two runs, of 44 and 2 pieces). The first and last headers
+    one. (The agent sets naas0's gso_max_size so that a super-frame seals into one run;
+    a larger message takes two, or a run and a lone datagram.) The first and last headers
     are checked; a piece in between that belongs to another message makes the joined
     message fail its tag.
     """
@@ -121,7 +125,9 @@ def run_span(run: bytes, segment: int) -> tuple[int, int, int, bytes] | None:
     if run[last + 2 : last + 24] != run[2:24]:
         return None
     view = memoryview(run)
-    joined = b"".join([view[at + FRAGMENT_HEADER_LEN : at + segment] for at in range(0, size, segment)])
+    joined = b"".join(
+        [view[at : at + segment - FRAGMENT_HEADER_LEN] for at in range(FRAGMENT_HEADER_LEN, size, segment)]
+    )
     return first, count, pieces, joined
 
 

@@ -192,7 +192,7 @@ class NodeCore:
         self._pending_by_index: dict[int, Peer] = {}
         self._datagrams_out: list[tuple[bytes, Address]] = []
         self._runs_out: list[tuple[bytes, Address, int]] = []  # coalesced: (run, to, segment size)
-        self._frames_out: list[bytes] = []
+        self._frames_out: list[bytes | memoryview] = []
         # naas0 reads and writes carry a virtio-net header (daemon/tap.py, core/offload.py)
         self.tap_offload = tap_offload
         self._events: list[NodeEvent] = []
@@ -261,7 +261,7 @@ class NodeCore:
             out += [(datagram, address) for datagram in datagrams_of(run, segment)]
         return out
 
-    def take_frames(self) -> list[bytes]:
+    def take_frames(self) -> list[bytes | memoryview]:
         out, self._frames_out = self._frames_out, []
         return out
 
@@ -545,6 +545,8 @@ class NodeCore:
         peer, session = entry
         if src != peer.node_id:
             raise BadPacket(DropReason.UNKNOWN_SENDER)
+        if session.already_opened(counter):  # a late duplicate must not start a message again
+            raise BadPacket(DropReason.REPLAYED, "fragment")
         if session.reassembly is None:
             session.reassembly = Reassembly(self.drops)
         sealed = session.reassembly.add(counter, first, count, joined, pieces)
@@ -599,7 +601,7 @@ class NodeCore:
                 self._activate(peer, now)
             peer.active_until = now + IDLE_LINK_AFTER
             if self.tap_offload:
-                self._frames_out.append(inner[1:])  # the kernel finishes it
+                self._frames_out.append(memoryview(inner)[1:])  # the kernel finishes it
             else:
                 self._frames_out += software_segments(vnet, inner[start:])
         elif kind == INNER_CONTROL:

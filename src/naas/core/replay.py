@@ -75,6 +75,13 @@ class ReplayWindow:
         seen[slot] = 1
         return True
 
+    def seen(self, counter: int) -> bool:
+        """Whether `accept` would refuse ``counter`` as old or repeated (nothing changes)."""
+        top = self._top
+        if counter > top:
+            return False
+        return top - counter >= WINDOW or bool(self._seen[counter & _SLOT_MASK])
+
     def _slide(self, top: int, counter: int) -> None:
         """Move the top from ``top`` to ``counter`` (>= top + 2) and mark ``counter``."""
         seen = self._seen

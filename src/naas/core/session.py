@@ -93,6 +93,10 @@ class Session:
         """The inner payload of a DATA datagram addressed to this session."""
         return self.open_sealed(datagram[DATA_AAD_SLICE], counter, datagram[DATA_HEADER_LEN:], now)
 
+    def already_opened(self, counter: int) -> bool:
+        """A message with this counter was opened, or is too old to be (a late duplicate)."""
+        return self._replay.seen(counter)
+
     def open_sealed(self, aad: bytes, counter: int, sealed: bytes, now: float) -> bytes:
         """The inner payload of one message: a DATA datagram's, or joined FRAGMENT pieces'."""
         if now - self.created_at >= REJECT_AFTER_TIME:

@@ -131,7 +131,7 @@ class TapDevice(Protocol):
         """
         ...
 
-    def write_batch(self, frames: Iterable[bytes]) -> int:
+    def write_batch(self, frames: Iterable[bytes | memoryview]) -> int:
         """Hand frames to the kernel in order; returns how many it accepted.
 
         A frame the kernel refuses for a transient or configuration reason is dropped
@@ -219,7 +219,7 @@ class LinuxTap:
                 break
         return frames
 
-    def write_batch(self, frames: Iterable[bytes]) -> int:
+    def write_batch(self, frames: Iterable[bytes | memoryview]) -> int:
         written = 0
         write, fd = os.write, self._fd
         for frame in frames:
@@ -291,7 +291,7 @@ class MemoryTap:
                 os.eventfd_read(self._event)  # reset readability
         return frames
 
-    def write_batch(self, frames: Iterable[bytes]) -> int:
+    def write_batch(self, frames: Iterable[bytes | memoryview]) -> int:
         written = 0
         queue = self._to_kernel
         for frame in frames:
