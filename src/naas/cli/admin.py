@@ -21,7 +21,7 @@ from pathlib import Path
 
 from naas.cli.common import BadInput, CliError, add_metrics_option, metrics_address, say, state_dir_of, warn
 from naas.core.crypto import ed25519_public, x25519_public
-from naas.daemon.runner import DEFAULT_INTERFACE, Agent, AgentError, setup_logging
+from naas.daemon.runner import DEFAULT_INTERFACE, Agent, AgentError, run_loop, setup_logging
 from naas.daemon.state import NodeDir, network_dir, pop_node_dir, write_file
 from naas.model.codec import certificate_to_dict
 from naas.model.config import ConfigError, NetworkConfig, load_config
@@ -221,7 +221,7 @@ def cmd_pop(args: argparse.Namespace) -> int:
     store.create_schema()
     setup_logging(os.environ.get("NAAS_LOG_LEVEL", "INFO"))
     try:
-        asyncio.run(
+        run_loop(
             _run_pop(
                 config,
                 pop.name,

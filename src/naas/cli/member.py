@@ -9,7 +9,6 @@ with its address. Nothing is written unless the enrollment succeeded.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -31,7 +30,7 @@ from naas.cli.common import (
 )
 from naas.core.crypto import ed25519_public, x25519_public
 from naas.daemon import control, netconf
-from naas.daemon.runner import DEFAULT_INTERFACE, Agent, AgentError, setup_logging
+from naas.daemon.runner import DEFAULT_INTERFACE, Agent, AgentError, run_loop, setup_logging
 from naas.daemon.state import NodeDir, client_node_dir
 from naas.model.codec import certificate_to_dict
 from naas.pop.client import EnrollmentError, enroll
@@ -138,7 +137,7 @@ def run_agent(node_dir: NodeDir, interface: str, metrics: str | None = None, off
     setup_logging(os.environ.get("NAAS_LOG_LEVEL", "INFO"))
     agent = Agent(node_dir, interface=interface, metrics=metrics_address(metrics), offload=offload)
     try:
-        asyncio.run(agent.run())
+        run_loop(agent.run())
     except AgentError as exc:
         raise CliError(str(exc)) from None
     return 0

@@ -97,9 +97,9 @@ def _index_bytes(count: int) -> tuple[bytes, ...]:
     return tuple(PIECE_HEAD.pack(index, count) for index in range(count))
 
 
-def datagrams_of(run: bytes, segment: int) -> list[bytes]:
+def datagrams_of(run: bytes | bytearray, segment: int) -> list[bytes]:
     """The datagrams of a coalesced run: ``segment`` bytes each, the last maybe shorter."""
-    return [run[at : at + segment] for at in range(0, len(run), max(segment, 1))]
+    return [bytes(run[at : at + segment]) for at in range(0, len(run), max(segment, 1))]
 
 
 def run_span(run: bytes, segment: int) -> tuple[int, int, int, bytes] | None:

@@ -191,7 +191,9 @@ class NodeCore:
         self._by_index: dict[int, tuple[Peer, Session]] = {}
         self._pending_by_index: dict[int, Peer] = {}
         self._datagrams_out: list[tuple[bytes, Address]] = []
-        self._runs_out: list[tuple[bytes, Address, int]] = []  # coalesced: (run, to, segment size)
+        self._runs_out: list[
+            tuple[bytes | bytearray, Address, int]
+        ] = []  # coalesced: (run, to, segment size)
         self._frames_out: list[bytes | memoryview] = []
         # naas0 reads and writes carry a virtio-net header (daemon/tap.py, core/offload.py)
         self.tap_offload = tap_offload
@@ -249,7 +251,7 @@ class NodeCore:
         out, self._datagrams_out = self._datagrams_out, []
         return out
 
-    def take_runs(self) -> list[tuple[bytes, Address, int]]:
+    def take_runs(self) -> list[tuple[bytes | bytearray, Address, int]]:
         """Coalesced datagrams: ``(run, destination, segment size)`` (daemon/udp.py)."""
         out, self._runs_out = self._runs_out, []
         return out
@@ -468,14 +470,14 @@ class NodeCore:
         next_address = self._address_for(target)
         if next_address is None or next_address == address:
             return False
-        out = bytearray(run)
-        head = run[:8]
-        for at in range(0, len(run), segment):
-            if out[at : at + 8] != head:
+        count = -(-len(run) // segment)
+        for at in range(8):  # type, hop limit, flags, destination: the same in every datagram
+            if run[at::segment] != bytes((run[at],)) * count:
                 return False
-            out[at + 1] = hops - 1
-        self._runs_out.append((bytes(out), next_address, segment))
-        self.relayed_packets += -(-len(run) // segment)
+        out = bytearray(run)
+        out[1::segment] = bytes((hops - 1,)) * count  # every hop limit, in one step
+        self._runs_out.append((out, next_address, segment))
+        self.relayed_packets += count
         self.relayed_bytes += len(run)
         return True
 

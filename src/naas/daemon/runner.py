@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from naas.core.fragments import one_run_limit, piece_size_for
@@ -68,6 +68,7 @@ class Agent:
         self.core: NodeCore | None = None
         self._tap: LinuxTap | None = None
         self._udp: LinuxUdpSocket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # cached: asking costs a getpid()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._stopped = asyncio.Event()
@@ -79,7 +80,7 @@ class Agent:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         identity = self.node_dir.load_identity()
         network = self.node_dir.load_network()
         members = self.node_dir.load_members()
@@ -183,7 +184,7 @@ class Agent:
         assert self._tap is not None and self.core is not None
         frames = self._tap.read_batch(BATCH)
         if frames:
-            self.core.tap_frames_received(frames, asyncio.get_running_loop().time())
+            self.core.tap_frames_received(frames, self._now())
             self._transmit()
 
     def _udp_readable(self) -> None:
@@ -191,17 +192,21 @@ class Agent:
         if self._udp.gro:
             runs = self._udp.receive_coalesced(BATCH)
             if runs:
-                self.core.runs_received(runs, asyncio.get_running_loop().time())
+                self.core.runs_received(runs, self._now())
                 self._transmit()
             return
         datagrams = self._udp.receive_batch(BATCH)
         if datagrams:
-            self.core.datagrams_received(datagrams, asyncio.get_running_loop().time())
+            self.core.datagrams_received(datagrams, self._now())
             self._transmit()
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
 
     def _timer_fired(self) -> None:
         assert self.core is not None
-        now = asyncio.get_running_loop().time()
+        now = self._now()
         self._timer = None
         self.core.timer_fired(now)
         self._transmit()
@@ -219,7 +224,8 @@ class Agent:
                 return
             self._timer.cancel()
         self._timer_at = max(deadline, now)
-        self._timer = asyncio.get_running_loop().call_at(self._timer_at, self._timer_fired)
+        assert self._loop is not None
+        self._timer = self._loop.call_at(self._timer_at, self._timer_fired)
 
     def _transmit(self) -> None:
         core = self.core
@@ -240,7 +246,7 @@ class Agent:
         if events:
             for event in events:
                 self._log_event(event)
-        self._arm_timer(asyncio.get_running_loop().time())
+        self._arm_timer(self._now())
 
     def _offload_summary(self) -> str:
         """Which offloads are in use, e.g. ``tso+csum,gso,gro`` or ``none``."""
@@ -263,12 +269,12 @@ class Agent:
             log.warning("cannot save member cache: %s", exc)
             return
         self._members_dirty = False
-        self._last_cache_save = asyncio.get_event_loop().time()
+        self._last_cache_save = self._now()
 
     def member_enrolled(self, certificate: Any) -> None:
         """Called by a PoP's enrollment service in the same process."""
         assert self.core is not None
-        self.core.member_enrolled(certificate, asyncio.get_running_loop().time())
+        self.core.member_enrolled(certificate, self._now())
         self._members_dirty = True
         self._transmit()
 
@@ -276,13 +282,13 @@ class Agent:
 
     def _topology(self) -> Topology:
         assert self.core is not None
-        return self.core.topology(asyncio.get_running_loop().time())
+        return self.core.topology(self._now())
 
     async def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
         assert self.core is not None
         cmd = request.get("cmd")
         if cmd == "status":
-            status = self.core.status(asyncio.get_running_loop().time())
+            status = self.core.status(self._now())
             status["agent"] = {
                 "pid": os.getpid(),
                 "interface": self.interface,
@@ -298,6 +304,21 @@ class Agent:
             asyncio.get_running_loop().call_soon(self.stop)
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the agent's coroutine on uvloop (libuv), or on asyncio's own loop where uvloop
+    is missing or ``NAAS_EVENT_LOOP=asyncio``. Every frame costs at least one wake-up of
+    the loop, and uvloop's costs a fraction of asyncio's (docs/performance.md)."""
+    if os.environ.get("NAAS_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -121,7 +121,7 @@ class DatagramSocket(Protocol):
         """Like `receive_batch`, with runs of datagrams: ``(run, sender, segment size)``."""
         ...
 
-    def send_coalesced(self, runs: Iterable[tuple[bytes, Address, int]]) -> int:
+    def send_coalesced(self, runs: Iterable[tuple[bytes | bytearray, Address, int]]) -> int:
         """Send each ``(run, destination, segment size)``; returns how many runs left."""
         ...
 
@@ -244,7 +244,7 @@ class LinuxUdpSocket:
             received.append((data, (sender[0], sender[1]) if v6 else sender, segment))
         return received
 
-    def send_coalesced(self, runs: Iterable[tuple[bytes, Address, int]]) -> int:
+    def send_coalesced(self, runs: Iterable[tuple[bytes | bytearray, Address, int]]) -> int:
         sent = 0
         sendmsg = self._sock.sendmsg
         for run, destination, segment in runs:
@@ -317,7 +317,7 @@ def _try_option(sock: socket.socket, option: int, value: int) -> bool:
     return True
 
 
-def _split(run: bytes, segment: int, destination: Address) -> list[tuple[bytes, Address]]:
+def _split(run: bytes | bytearray, segment: int, destination: Address) -> list[tuple[bytes, Address]]:
     """The datagrams of a coalesced run, each addressed to ``destination``."""
     return [(datagram, destination) for datagram in datagrams_of(run, segment)]
 
@@ -428,7 +428,7 @@ class MemoryUdpSocket:
     def receive_coalesced(self, max_buffers: int) -> list[tuple[bytes, Address, int]]:
         return [(data, sender, len(data)) for data, sender in self.receive_batch(max_buffers)]
 
-    def send_coalesced(self, runs: Iterable[tuple[bytes, Address, int]]) -> int:
+    def send_coalesced(self, runs: Iterable[tuple[bytes | bytearray, Address, int]]) -> int:
         sent = 0
         for run, destination, segment in runs:
             if self.send_batch(_split(run, segment, destination)):
