@@ -191,14 +191,18 @@ class Agent:
         assert self._udp is not None and self.core is not None
         if self._udp.gro:
             runs = self._udp.receive_coalesced(BATCH)
-            if runs:
-                self.core.runs_received(runs, self._now())
-                self._transmit()
-            return
-        datagrams = self._udp.receive_batch(BATCH)
-        if datagrams:
+            if not runs:
+                return
+            self.core.runs_received(runs, self._now())
+        else:
+            datagrams = self._udp.receive_batch(BATCH)
+            if not datagrams:
+                return
             self.core.datagrams_received(datagrams, self._now())
-            self._transmit()
+        if self._transmit():
+            # The kernel often answers a frame inside our write (an echo reply, a TCP
+            # ACK): read it now rather than after another trip through the event loop.
+            self._tap_readable()
 
     def _now(self) -> float:
         assert self._loop is not None
@@ -227,7 +231,8 @@ class Agent:
         assert self._loop is not None
         self._timer = self._loop.call_at(self._timer_at, self._timer_fired)
 
-    def _transmit(self) -> None:
+    def _transmit(self) -> bool:
+        """Send and write what the core produced; True if frames went into naas0."""
         core = self.core
         assert core is not None and self._udp is not None and self._tap is not None
         datagrams = core.take_datagrams()
@@ -247,6 +252,7 @@ class Agent:
             for event in events:
                 self._log_event(event)
         self._arm_timer(self._now())
+        return bool(frames)
 
     def _offload_summary(self) -> str:
         """Which offloads are in use, e.g. ``tso+csum,gso,gro`` or ``none``."""
