@@ -215,6 +215,21 @@ def test_receiver_with_offloads_gets_plain_frames_behind_a_plain_header() -> Non
     assert alpha.take_frames() == [reply]
 
 
+def test_data_valid_only_read_is_a_plain_frame() -> None:
+    # DATA_VALID alone asks for nothing: the frame must cross byte for byte, untouched
+    net, alpha, beta = build_pair(alpha_offload=True, beta_offload=False)
+    frame = (
+        beta.mac[:1] + b"\x01" + beta.mac[2:] + alpha.mac + b"\x88\xb5" + bytes(1400)
+    )  # multicast-ish, big
+    multicast = bytes((beta.mac[0] | 1,)) + beta.mac[1:] + frame[6:]
+    valid_only = VNET_HDR.pack(2, GSO_NONE, 0, 0, 0, 0)
+    alpha.tap_frames_received([valid_only + multicast], net.now)
+    datagrams = alpha.take_datagrams()
+    assert datagrams, alpha.drops
+    beta.datagrams_received([(d, net.address_of("alpha")) for d, _ in datagrams], net.now)
+    assert beta.take_frames() == [multicast]
+
+
 def test_checksum_only_frame_crosses_in_one_data_datagram() -> None:
     for beta_offload in (True, False):
         net, alpha, beta = build_pair(alpha_offload=True, beta_offload=beta_offload)

@@ -10,6 +10,7 @@ import pytest
 
 from naas.core.fragments import (
     FRAGMENT_HEADER_LEN,
+    MAX_MESSAGE_BYTES,
     MAX_PARTIAL,
     MAX_PIECES,
     MAX_RUN_BYTES,
@@ -331,6 +332,19 @@ def test_reassembly_evicts_the_oldest_message_in_progress() -> None:
     # the others are intact: counter 3 completes
     assert reassembly.add(3, 2, 3, messages[3][2]) == b"".join(messages[3])
     assert len(reassembly) == MAX_PARTIAL - 1
+
+
+def test_reassembly_gives_up_a_message_larger_than_any_we_send() -> None:
+    drops: Counter[DropReason] = Counter()
+    reassembly = Reassembly(drops)
+    piece = bytes(60000)
+    assert reassembly.add(9, 0, 4, piece) is None
+    assert reassembly.add(9, 1, 4, piece) is None
+    with pytest.raises(BadPacket) as raised:
+        reassembly.add(9, 2, 4, piece)  # 180 000 bytes held: over MAX_MESSAGE_BYTES
+    assert raised.value.reason is DropReason.BAD_FRAGMENT
+    assert 2 * len(piece) <= MAX_MESSAGE_BYTES < 3 * len(piece)
+    assert len(reassembly) == 0, "nothing of it is kept"
 
 
 def test_reassembly_memory_stays_bounded() -> None:

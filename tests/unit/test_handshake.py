@@ -27,7 +27,7 @@ from naas.core.wire import INITIATION_NOISE_MIN, RESPONSE_NOISE_MIN
 
 VECTORS_FILE = Path(__file__).with_name("noise_vectors.json")
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text())["vectors"]
-PROLOGUE = b"naas/1 test-network"
+PROLOGUE = b"naas/2 test-network"
 
 # Curve25519 points of small order (u-coordinates, little endian): X25519 with any of
 # them yields the all-zero secret, which must make the handshake fail.
@@ -305,9 +305,9 @@ def test_different_prologue_is_rejected() -> None:
     initiator = InitiatorHandshake(
         local_static_private=init_static,
         remote_static_public=crypto.x25519_public(resp_static),
-        prologue=b"naas/1 network-a",
+        prologue=b"naas/2 network-a",
     )
-    responder = ResponderHandshake(local_static_private=resp_static, prologue=b"naas/1 network-b")
+    responder = ResponderHandshake(local_static_private=resp_static, prologue=b"naas/2 network-b")
     with pytest.raises(HandshakeError):
         responder.consume_initiation(initiator.create_initiation(init_eph, b""))
 

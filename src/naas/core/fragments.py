@@ -22,9 +22,11 @@ Otherwise (pieces one by one, or a run cut in two) a `Reassembly` collects them 
 counter.
 
 Bounds, since pieces are not authenticated until the message is whole: ``count`` is at
-most MAX_PIECES, and a session keeps at most MAX_PARTIAL messages in progress. When
-another starts, the oldest is dropped and counted as ``fragments_incomplete``. Memory is
-thus at most MAX_PARTIAL x 64 KiB per session, whatever a sender does.
+most MAX_PIECES, a message held for joining at most MAX_MESSAGE_BYTES, and a session
+keeps at most MAX_PARTIAL messages in progress. When another starts, the oldest is
+dropped and counted as ``fragments_incomplete``. Memory is thus at most MAX_PARTIAL x
+MAX_MESSAGE_BYTES (1 MiB) per session, whatever a sender does. A message that is never
+completed stays until it is pushed out, or its session ends.
 
 Losing one piece loses the message. For TCP that is a whole super-frame, which the
 receiver's SACKs then ask for again (docs/performance.md weighs this).
@@ -57,6 +59,7 @@ MAX_RUN_SEGMENTS = 64  # the kernel's limit per GSO send is 64 (older) or 128 (n
 # -- implementation bounds --------------------------------------------------------------------
 
 MAX_PARTIAL = 8  # messages in progress per session
+MAX_MESSAGE_BYTES = 128 * 1024  # a sealed message held for joining: a super-frame is ~64 KiB
 
 
 def piece_size_for(mtu: int) -> int:
@@ -142,7 +145,7 @@ class Reassembly:
 
     def __init__(self, drops: dict[DropReason, int]) -> None:
         self._drops = drops  # the node's drop counters
-        # counter -> (span bytes by first index, which pieces are in, [pieces missing])
+        # counter -> (span bytes by first index, which pieces are in, [pieces missing, bytes held])
         self._partial: dict[int, tuple[dict[int, bytes], bytearray, list[int]]] = {}
 
     def __len__(self) -> int:
@@ -158,13 +161,17 @@ class Reassembly:
             if len(self._partial) >= MAX_PARTIAL:
                 del self._partial[next(iter(self._partial))]  # the oldest message in progress
                 self._drops[DropReason.FRAGMENTS_INCOMPLETE] += 1
-            entry = ({}, bytearray(count), [count])
+            entry = ({}, bytearray(count), [count, 0])
             self._partial[counter] = entry
         spans, have, missing = entry
         if len(have) != count:
             raise BadPacket(DropReason.BAD_FRAGMENT, f"count {count} after {len(have)}")
         if any(have[first : first + pieces]):
             return None  # a duplicate
+        missing[1] += len(span)
+        if missing[1] > MAX_MESSAGE_BYTES:  # not a message we would send: give it up
+            del self._partial[counter]
+            raise BadPacket(DropReason.BAD_FRAGMENT, f"message over {MAX_MESSAGE_BYTES} bytes")
         have[first : first + pieces] = b"\1" * pieces
         spans[first] = span
         missing[0] -= pieces

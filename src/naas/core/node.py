@@ -94,6 +94,7 @@ from naas.core.membership_sync import MembershipSync
 from naas.core.offload import (
     PLAIN_VNET_HDR,
     VNET_HDR_LEN,
+    VNET_NEEDS_CSUM,
     check_vnet_untrusted,
     complete_checksum,
     software_segments,
@@ -319,7 +320,7 @@ class NodeCore:
             if len(data) < _MIN_VNET_READ:
                 self.drops[DropReason.BAD_FRAME] += 1
                 continue
-            if not (data[0] or data[1]):  # no checksum to do, not a super-frame
+            if not (data[0] & VNET_NEEDS_CSUM or data[1]):  # no checksum to do, not a super-frame
                 plain.append(data[VNET_HDR_LEN:])
                 continue
             try:
@@ -471,6 +472,8 @@ class NodeCore:
         if next_address is None or next_address == address:
             return False
         count = -(-len(run) // segment)
+        if run[2:4] != b"\0\0" or len(run) - (count - 1) * segment < DATA_HEADER_LEN:
+            return False  # flags are 0, the last datagram has a whole header: as _relay checks
         for at in range(8):  # type, hop limit, flags, destination: the same in every datagram
             if run[at::segment] != bytes((run[at],)) * count:
                 return False

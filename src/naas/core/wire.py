@@ -13,9 +13,10 @@ reads: it forwards on ``dst_node`` and decrements ``hop_limit`` without decrypti
                     (one of ``count`` pieces of an AEAD(inner) too big for one datagram;
                     see core/fragments.py)
 
-The AEAD additional data of a DATA packet is bytes 2..24 (flags, dst, src, receiver
-index, counter): every header byte but the type (only DATA is ever decrypted) and the
-hop limit, which a relay rewrites.
+The AEAD additional data of a DATA packet, and of a FRAGMENT message, is bytes 2..24
+(flags, dst, src, receiver index, counter): every header byte but the type and the hop
+limit, which a relay rewrites. The type need not be: DATA and FRAGMENT seal the same
+way, and handshakes are never opened as either.
 The decrypted ``inner`` starts with one kind byte: KEEPALIVE (empty), FRAME (an
 Ethernet frame), CONTROL (a JSON control message, see core/control_messages.py) or
 OFFLOAD_FRAME (a 10-byte virtio-net header, then an Ethernet frame whose checksum or TCP
@@ -34,7 +35,9 @@ from dataclasses import dataclass
 # -- protocol constants -----------------------------------------------------------------
 
 PROTOCOL_NAME = b"Noise_IK_25519_AESGCM_SHA256"
-PROLOGUE_PREFIX = b"naas/1 "  # + network name: peers of other networks fail the handshake
+# + network name: peers of other networks, or of another protocol version, fail the handshake.
+# naas/2 added FRAGMENT datagrams and OFFLOAD_FRAME inners.
+PROLOGUE_PREFIX = b"naas/2 "
 
 TYPE_INITIATION = 1
 TYPE_RESPONSE = 2
