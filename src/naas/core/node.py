@@ -543,13 +543,7 @@ class NodeCore:
         if first == 0 and pieces == count:  # the whole message in one run: the usual case
             self._message_received(header, joined, src, address, relayed, now)
             return
-        receiver_index, counter = DATA_HEAD.unpack_from(header, OUTER.size)
-        entry = self._by_index.get(receiver_index)
-        if entry is None:
-            raise BadPacket(DropReason.UNKNOWN_INDEX)
-        peer, session = entry
-        if src != peer.node_id:
-            raise BadPacket(DropReason.UNKNOWN_SENDER)
+        _, session, counter = self._session_of(header, src)
         if session.already_opened(counter):  # a late duplicate must not start a message again
             raise BadPacket(DropReason.REPLAYED, "fragment")
         if session.reassembly is None:
@@ -558,11 +552,8 @@ class NodeCore:
         if sealed is not None:
             self._message_received(header, sealed, src, address, relayed, now)
 
-    def _message_received(
-        self, header: bytes, sealed: bytes, src: int, address: Address, relayed: bool, now: float
-    ) -> None:
-        """One sealed message: a DATA datagram's payload or a FRAGMENT message's joined
-        pieces, ``header`` the datagram (or first piece) it came in."""
+    def _session_of(self, header: bytes, src: int) -> tuple[Peer, Session, int]:
+        """The peer and session a DATA or FRAGMENT header names, and its counter."""
         receiver_index, counter = DATA_HEAD.unpack_from(header, OUTER.size)
         entry = self._by_index.get(receiver_index)
         if entry is None:
@@ -570,6 +561,14 @@ class NodeCore:
         peer, session = entry
         if src != peer.node_id:
             raise BadPacket(DropReason.UNKNOWN_SENDER)
+        return peer, session, counter
+
+    def _message_received(
+        self, header: bytes, sealed: bytes, src: int, address: Address, relayed: bool, now: float
+    ) -> None:
+        """One sealed message: a DATA datagram's payload or a FRAGMENT message's joined
+        pieces, ``header`` the datagram (or first piece) it came in."""
+        peer, session, counter = self._session_of(header, src)
         was_confirmed = session.confirmed
         inner = session.open_sealed(header[DATA_AAD_SLICE], counter, sealed, now)
         stats = peer.stats
