@@ -38,6 +38,7 @@ import struct
 from functools import cache
 from itertools import chain
 
+from naas.core.offload import VNET_HDR_LEN
 from naas.core.wire import (
     AEAD_TAG_LEN,
     DATA_HEADER_LEN,
@@ -71,6 +72,12 @@ def one_run_limit(piece_size: int) -> int:
     """The largest inner payload that is sealed into one GSO run of pieces."""
     segment = FRAGMENT_HEADER_LEN + piece_size
     return max(1, min(MAX_RUN_SEGMENTS, MAX_RUN_BYTES // segment)) * piece_size - AEAD_TAG_LEN
+
+
+def gso_max_size_for(mtu: int) -> int:
+    """naas0's gso_max_size: the largest IP packet whose OFFLOAD_FRAME seals into one run
+    (inner = kind byte + virtio header + Ethernet header + IP packet)."""
+    return one_run_limit(piece_size_for(mtu)) - 1 - VNET_HDR_LEN - ETHERNET_HEADER_LEN
 
 
 def pack_runs(header: bytes, sealed: bytes, piece_size: int) -> list[bytes]:

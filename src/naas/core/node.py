@@ -192,9 +192,8 @@ class NodeCore:
         self._by_index: dict[int, tuple[Peer, Session]] = {}
         self._pending_by_index: dict[int, Peer] = {}
         self._datagrams_out: list[tuple[bytes, Address]] = []
-        self._runs_out: list[
-            tuple[bytes | bytearray, Address, int]
-        ] = []  # coalesced: (run, to, segment size)
+        # coalesced datagrams: (run, to, segment size)
+        self._runs_out: list[tuple[bytes | bytearray, Address, int]] = []
         self._frames_out: list[bytes | memoryview] = []
         # naas0 reads and writes carry a virtio-net header (daemon/tap.py, core/offload.py)
         self.tap_offload = tap_offload
@@ -306,9 +305,7 @@ class NodeCore:
                 if peer is None:
                     self.drops[DropReason.NO_ROUTE] += 1
                 else:
-                    if peer.active_until < now:
-                        self._activate(peer, now)
-                    peer.active_until = now + IDLE_LINK_AFTER
+                    self._activate(peer, now)
                     self._send_inner(peer, inner, now)
 
     def _offloads_sent(self, reads: Iterable[bytes], now: float) -> list[bytes]:
@@ -348,9 +345,7 @@ class NodeCore:
                 clamped = clamp_tcp_mss(frame, self._max_mss, checksum_partial=True)
                 if clamped is not frame:
                     data = data[:VNET_HDR_LEN] + clamped
-            if peer.active_until < now:
-                self._activate(peer, now)
-            peer.active_until = now + IDLE_LINK_AFTER
+            self._activate(peer, now)
             self._send_inner(peer, _OFFLOAD_FRAME + data, now)
         return plain
 
@@ -372,7 +367,7 @@ class NodeCore:
 
     def _activate(self, peer: Peer, now: float) -> None:
         """Frames flow to or from ``peer``: keep a direct link to it for IDLE_LINK_AFTER."""
-        if not self._wanted(peer, now):
+        if peer.active_until < now and not self._wanted(peer, now):
             self._tracked[peer.node_id] = peer
             peer.next_probe_at = now
             self._next_deadline = now
@@ -522,23 +517,14 @@ class NodeCore:
         if len(datagram) <= FRAGMENT_HEADER_LEN:
             raise BadPacket(DropReason.TOO_SHORT, "fragment")
         index, count = PIECE_HEAD.unpack_from(datagram, DATA_HEADER_LEN)
-        span = (index, count, 1, datagram[FRAGMENT_HEADER_LEN:])
-        self._span_received(datagram, span, address, now, src, relayed)
+        self._span_received(datagram, (index, count, 1, datagram[FRAGMENT_HEADER_LEN:]), address, now)
 
     def _span_received(
-        self,
-        header: bytes,
-        span: tuple[int, int, int, bytes],
-        address: Address,
-        now: float,
-        src: int | None = None,
-        relayed: bool | None = None,
+        self, header: bytes, span: tuple[int, int, int, bytes], address: Address, now: float
     ) -> None:
         """Consecutive pieces of a message (core/fragments.py), ``header`` the first's."""
-        if src is None:
-            src = int.from_bytes(header[8:12], "big")
-        if relayed is None:
-            relayed = header[1] != DEFAULT_HOP_LIMIT
+        src = int.from_bytes(header[8:12], "big")
+        relayed = header[1] != DEFAULT_HOP_LIMIT
         first, count, pieces, joined = span
         if first == 0 and pieces == count:  # the whole message in one run: the usual case
             self._message_received(header, joined, src, address, relayed, now)
@@ -587,9 +573,7 @@ class NodeCore:
                 raise BadPacket(DropReason.BAD_FRAME)
             self.mac_table.learn(inner[7:13], peer.node_id, now)
             if not inner[1] & 1:  # unicast to us: keep the link (a broadcast alone does not)
-                if peer.active_until < now:
-                    self._activate(peer, now)
-                peer.active_until = now + IDLE_LINK_AFTER
+                self._activate(peer, now)
             if self.tap_offload:
                 self._frames_out.append(PLAIN_VNET_HDR + memoryview(inner)[1:])
             else:
@@ -601,9 +585,7 @@ class NodeCore:
             vnet = inner[1:start]
             check_vnet_untrusted(vnet, len(inner) - start)
             self.mac_table.learn(inner[start + 6 : start + 12], peer.node_id, now)
-            if peer.active_until < now:
-                self._activate(peer, now)
-            peer.active_until = now + IDLE_LINK_AFTER
+            self._activate(peer, now)
             if self.tap_offload:
                 self._frames_out.append(memoryview(inner)[1:])  # the kernel finishes it
             else:

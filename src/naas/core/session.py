@@ -71,23 +71,26 @@ class Session:
 
     def seal(self, dst_node: int, src_node: int, hop_limit: int, inner: bytes) -> bytes:
         """One DATA datagram carrying ``inner``."""
-        counter = self.send_counter
-        self.send_counter = counter + 1
-        header = OUTER.pack(TYPE_DATA, hop_limit, 0, dst_node, src_node) + DATA_HEAD.pack(
-            self.remote_index, counter
-        )
-        return header + self._send.seal(counter, inner, header[DATA_AAD_SLICE])
+        header, sealed = self._seal(TYPE_DATA, dst_node, src_node, hop_limit, inner)
+        return header + sealed
 
     def seal_runs(
         self, dst_node: int, src_node: int, hop_limit: int, inner: bytes, piece_size: int
     ) -> list[bytes]:
         """FRAGMENT datagrams carrying ``inner``, packed into GSO runs (core/fragments.py)."""
+        header, sealed = self._seal(TYPE_FRAGMENT, dst_node, src_node, hop_limit, inner)
+        return pack_runs(header, sealed, piece_size)
+
+    def _seal(
+        self, kind: int, dst_node: int, src_node: int, hop_limit: int, inner: bytes
+    ) -> tuple[bytes, bytes]:
+        """The next counter's 24-byte header and ``inner`` sealed under it."""
         counter = self.send_counter
         self.send_counter = counter + 1
-        header = OUTER.pack(TYPE_FRAGMENT, hop_limit, 0, dst_node, src_node) + DATA_HEAD.pack(
+        header = OUTER.pack(kind, hop_limit, 0, dst_node, src_node) + DATA_HEAD.pack(
             self.remote_index, counter
         )
-        return pack_runs(header, self._send.seal(counter, inner, header[DATA_AAD_SLICE]), piece_size)
+        return header, self._send.seal(counter, inner, header[DATA_AAD_SLICE])
 
     def open(self, datagram: bytes, counter: int, now: float) -> bytes:
         """The inner payload of a DATA datagram addressed to this session."""

@@ -1,13 +1,15 @@
 """The agent: drives one NodeCore with a real TAP device and a real UDP socket.
 
-Theory of operation. asyncio watches two file descriptors. When naas0 is readable,
-a batch of frames is read and handed to ``NodeCore.tap_frames_received``; when the
-UDP socket is readable, a batch of datagrams goes to ``datagrams_received`` (or, with
-UDP GRO, a batch of coalesced runs to ``runs_received``). After each batch,
+Theory of operation. The event loop (uvloop, see `run_loop`) watches two file
+descriptors. When naas0 is readable, a batch of frames is read and handed to
+``NodeCore.tap_frames_received``; when the UDP socket is readable, a batch of datagrams
+goes to ``datagrams_received`` (or, with UDP GRO, a batch of coalesced runs to
+``runs_received``). After each batch,
 ``_transmit()`` drains the core's effects: datagrams and GSO runs out, frames into
-naas0, events to the log. With ``offload`` (the default) naas0 and the socket use the
-kernel's segmentation offloads where it has them (daemon/tap.py, daemon/udp.py); the
-core is told which, and the bytes between members are the same either way. One timer, re-armed to
+naas0, events to the log; frames written to naas0 are followed by a read of it, since
+the kernel often answers inside the write. With ``offload`` (the default) naas0 and the
+socket use the kernel's segmentation offloads where it has them (daemon/tap.py,
+daemon/udp.py); the core is told which naas0 has. One timer, re-armed to
 ``NodeCore.next_deadline()``, runs handshake retransmission, rekeying and probes.
 Nothing here decides anything about the protocol; it only moves bytes and time.
 
@@ -25,11 +27,10 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from naas.core.fragments import one_run_limit, piece_size_for
+from naas.core.fragments import gso_max_size_for
 from naas.core.node import NodeCore, NodeEvent
-from naas.core.offload import VNET_HDR_LEN
 from naas.core.topology import Topology
-from naas.core.wire import ETHERNET_HEADER_LEN, overlay_mtu
+from naas.core.wire import overlay_mtu
 from naas.daemon import control, netconf
 from naas.daemon.metrics_server import serve_metrics
 from naas.daemon.state import NodeDir, write_file
@@ -134,14 +135,12 @@ class Agent:
             underlay_mtu, ipv6 = netconf.route_mtu_to(host), ":" in host
         mtu = overlay_mtu(underlay_mtu, ipv6_underlay=ipv6)
         self._tap = LinuxTap.open(self.interface, offload=self.offload)
-        # a super-frame should seal into one GSO run: IP packet = frame - Ethernet header
-        super_frame = one_run_limit(piece_size_for(mtu)) - 1 - VNET_HDR_LEN - ETHERNET_HEADER_LEN
         netconf.configure_interface(
             self._tap.name,
             mac=cert.mac,
             mtu=mtu,
             address=cert.ip if network.layer3 else None,
-            gso_max_size=super_frame if self._tap.offload else None,
+            gso_max_size=gso_max_size_for(mtu) if self._tap.offload else None,  # one GSO run each
         )
         return mtu
 
