@@ -131,7 +131,7 @@ from naas.core.wire import (
 )
 from naas.model.certificate import Certificate
 from naas.model.codec import CodecError, certificate_from_bytes_untrusted, certificate_to_bytes
-from naas.model.ids import NodeId, format_mac, mac_for_node
+from naas.model.ids import MAC_PREFIX, NodeId, format_mac, mac_for_node
 from naas.model.network import MemberRecord, NetworkInfo
 
 _KEEPALIVE = bytes((INNER_KEEPALIVE,))
@@ -289,7 +289,11 @@ class NodeCore:
                 self.drops[DropReason.FRAME_TOO_BIG] += 1
                 continue
             multicast = frame[0] & 1
-            if self._dhcp is not None and self._answered_locally(frame, multicast):
+            if (
+                self._dhcp is not None
+                and (multicast or frame[12:14] == _ETHERTYPE_ARP)
+                and self._answered_locally(frame, multicast)
+            ):
                 continue
             if frame[12:14] == _ETHERTYPE_IPV4 and frame[23] == 6:
                 frame = clamp_tcp_mss(frame, self._max_mss)
@@ -442,7 +446,10 @@ class NodeCore:
         Anything else is taken apart and handled datagram by datagram.
         """
         for run, address, segment in runs:
-            if len(run) > segment >= DATA_HEADER_LEN:
+            if len(run) <= segment:  # one datagram: GRO found nothing to join it with
+                self.datagrams_received(((run, address),), now)
+                continue
+            if segment >= DATA_HEADER_LEN:
                 if run[4:8] == self._node_id_bytes:
                     if run[0] == TYPE_FRAGMENT:
                         span = run_span(run, segment)
@@ -571,7 +578,8 @@ class NodeCore:
         if kind == INNER_FRAME:
             if len(inner) < 1 + ETHERNET_HEADER_LEN:
                 raise BadPacket(DropReason.BAD_FRAME)
-            self.mac_table.learn(inner[7:13], peer.node_id, now)
+            if inner[7:9] != MAC_PREFIX:  # a member's MAC says where it is; others are learnt
+                self.mac_table.learn(inner[7:13], peer.node_id, now)
             if not inner[1] & 1:  # unicast to us: keep the link (a broadcast alone does not)
                 self._activate(peer, now)
             if self.tap_offload:

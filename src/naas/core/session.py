@@ -16,9 +16,8 @@ from naas.core.handshake import TransportKeys
 from naas.core.replay import ReplayWindow
 from naas.core.wire import (
     DATA_AAD_SLICE,
-    DATA_HEAD,
     DATA_HEADER_LEN,
-    OUTER,
+    SEALED_HEADER,
     TYPE_DATA,
     TYPE_FRAGMENT,
     BadPacket,
@@ -87,9 +86,7 @@ class Session:
         """The next counter's 24-byte header and ``inner`` sealed under it."""
         counter = self.send_counter
         self.send_counter = counter + 1
-        header = OUTER.pack(kind, hop_limit, 0, dst_node, src_node) + DATA_HEAD.pack(
-            self.remote_index, counter
-        )
+        header = SEALED_HEADER.pack(kind, hop_limit, 0, dst_node, src_node, self.remote_index, counter)
         return header, self._send.seal(counter, inner, header[DATA_AAD_SLICE])
 
     def open(self, datagram: bytes, counter: int, now: float) -> bytes:

@@ -57,6 +57,7 @@ OUTER = struct.Struct("!BBHII")  # type, hop limit, flags (0), destination node,
 INITIATION_HEAD = struct.Struct("!I")  # sender index
 RESPONSE_HEAD = struct.Struct("!II")  # sender index, receiver index
 DATA_HEAD = struct.Struct("!IQ")  # receiver index, counter (also the AEAD nonce)
+SEALED_HEADER = struct.Struct("!BBHIIIQ")  # OUTER then DATA_HEAD: DATA and FRAGMENT headers
 HANDSHAKE_TIMESTAMP = struct.Struct("!Q")  # initiation payload prefix: wall clock, ms
 
 NOISE_KEY_LEN = 32
@@ -65,6 +66,7 @@ AEAD_TAG_LEN = 16
 INITIATION_NOISE_MIN = NOISE_KEY_LEN + (NOISE_KEY_LEN + NOISE_TAG_LEN) + NOISE_TAG_LEN
 RESPONSE_NOISE_MIN = NOISE_KEY_LEN + NOISE_TAG_LEN
 DATA_HEADER_LEN = OUTER.size + DATA_HEAD.size  # 24
+assert SEALED_HEADER.size == DATA_HEADER_LEN
 DATA_AAD_SLICE = slice(2, DATA_HEADER_LEN)
 # Bytes a DATA packet adds to an Ethernet frame: header, inner kind byte, AEAD tag.
 DATA_OVERHEAD = DATA_HEADER_LEN + 1 + AEAD_TAG_LEN  # 41
