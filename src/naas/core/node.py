@@ -12,26 +12,13 @@ Theory of operation. The driver feeds events in and drains effects out:
         -> take_frames()     [bytes] to write into naas0
         -> take_events()     [NodeEvent] to log
 
-The fast path. With ``tap_offload`` naas0's reads and writes carry a virtio-net header
-(core/offload.py) and a read may be a TCP super-frame of up to 64 KiB. Such a frame, or
-one whose checksum is still to be done, crosses the mesh as it is, header included (an
-OFFLOAD_FRAME): one AEAD call for up to 45 segments, cut into FRAGMENT datagrams that
-leave as one GSO run and usually arrive as one GRO run (core/fragments.py). The
-receiver writes it to its own naas0 unchanged, or cuts it up in software if its naas0
-has no offloads. Frames a member makes itself (ARP and DHCP answers) get a plain header.
-
-Inside -> outside: a frame is answered locally if it is ARP for a member's address or
-DHCP from this host (layer-3 networks only); else its destination MAC picks a member
-(model/ids.py, core/switch.py) or, for broadcast/multicast/unknown, every member with a
-session (past the full-mesh size, core/standing.py, every member). It is sealed in that
-member's newest confirmed session (core/session.py); without one it waits in a short
-queue while a Noise IK handshake runs.
-
-Outside -> inside: the outer header's type selects the handler. DATA goes to the
-session its receiver index names, is opened (AEAD + anti-replay) and yields a frame for
-naas0 or a control message (probes, member records, link state). INITIATION/RESPONSE
-run the handshake; the peer's certificate, signed by the network CA, travels inside the
-encrypted handshake payload and must match the Noise static key.
+The data path (frames switched and sealed, datagrams relayed or opened, FRAGMENT pieces
+joined, the offload fast path) is core/datapath.py, which NodeCore inherits. NodeCore
+owns all the state and sets it up here, and decides who gets a session and when. A
+member with no session to send on gets a Noise IK initiation, retried until answered
+(its frames wait in a short queue); the peer's certificate, signed by the network CA,
+travels inside the encrypted handshake payload and must match the Noise static key.
+Control messages (probes, member records, link state) come from the data path.
 
 Two parts live in modules of their own, each given NodeCore's sessions to send on:
 core/link_state_sync.py (``link_state``: owns the routes, floods signed link-state
@@ -56,7 +43,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from naas.core import arp, dhcp
+from naas.core import dhcp
 from naas.core.constants import (
     LINK_DOWN_AFTER_MISSES,
     LINK_STATE_BATCH_INTERVAL,
@@ -75,71 +62,37 @@ from naas.core.control_messages import (
     MembersSum,
     Probe,
     ProbeAck,
-    decode_control_untrusted,
     encode_control,
 )
 from naas.core.crypto import certificate_problem
-from naas.core.ethernet import clamp_tcp_mss
-from naas.core.fragments import (
-    FRAGMENT_HEADER_LEN,
-    PIECE_HEAD,
-    Reassembly,
-    datagrams_of,
-    piece_size_for,
-    run_span,
-)
+from naas.core.datapath import DataPath
+from naas.core.fragments import piece_size_for
 from naas.core.handshake import HandshakeError, InitiatorHandshake, ResponderHandshake
 from naas.core.link_state_sync import LinkStateSync
 from naas.core.membership_sync import MembershipSync
-from naas.core.offload import (
-    PLAIN_VNET_HDR,
-    VNET_HDR_LEN,
-    VNET_NEEDS_CSUM,
-    check_vnet_untrusted,
-    complete_checksum,
-    software_segments,
-)
 from naas.core.peer import Address, Peer, PendingHandshake
 from naas.core.session import Session
 from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER, pair_score, standing_threshold
 from naas.core.switch import MacTable
 from naas.core.topology import LinkView, MemberView, Reach, Topology
 from naas.core.wire import (
-    DATA_AAD_SLICE,
-    DATA_HEAD,
-    DATA_HEADER_LEN,
-    DEFAULT_HOP_LIMIT,
     ETHERNET_HEADER_LEN,
     HANDSHAKE_TIMESTAMP,
-    INNER_CONTROL,
-    INNER_FRAME,
     INNER_KEEPALIVE,
-    INNER_OFFLOAD_FRAME,
-    OUTER,
     PROLOGUE_PREFIX,
-    TYPE_DATA,
-    TYPE_FRAGMENT,
-    TYPE_INITIATION,
-    TYPE_RESPONSE,
     BadPacket,
     DropReason,
     pack_initiation,
     pack_response,
     parse_initiation_untrusted,
     parse_response_untrusted,
-    with_hop_limit,
 )
 from naas.model.certificate import Certificate
 from naas.model.codec import CodecError, certificate_from_bytes_untrusted, certificate_to_bytes
-from naas.model.ids import MAC_PREFIX, NodeId, format_mac, mac_for_node
+from naas.model.ids import format_mac
 from naas.model.network import MemberRecord, NetworkInfo
 
 _KEEPALIVE = bytes((INNER_KEEPALIVE,))
-_FRAME = bytes((INNER_FRAME,))
-_OFFLOAD_FRAME = bytes((INNER_OFFLOAD_FRAME,))
-_MIN_VNET_READ = VNET_HDR_LEN + ETHERNET_HEADER_LEN
-_ETHERTYPE_ARP = b"\x08\x06"
-_ETHERTYPE_IPV4 = b"\x08\x00"
 DHCP_LEASE_SECONDS = 3600
 
 
@@ -158,7 +111,7 @@ class NodeEvent:
     detail: str = ""
 
 
-class NodeCore:
+class NodeCore(DataPath):
     def __init__(
         self,
         identity: LocalIdentity,
@@ -247,26 +200,6 @@ class NodeCore:
 
     # -- effects --------------------------------------------------------------------------
 
-    def take_datagrams(self) -> list[tuple[bytes, Address]]:
-        out, self._datagrams_out = self._datagrams_out, []
-        return out
-
-    def take_runs(self) -> list[tuple[bytes | bytearray, Address, int]]:
-        """Coalesced datagrams: ``(run, destination, segment size)`` (daemon/udp.py)."""
-        out, self._runs_out = self._runs_out, []
-        return out
-
-    def take_all_datagrams(self) -> list[tuple[bytes, Address]]:
-        """`take_datagrams` and the datagrams of `take_runs`, for drivers without GSO."""
-        out = self.take_datagrams()
-        for run, address, segment in self.take_runs():
-            out += [(datagram, address) for datagram in datagrams_of(run, segment)]
-        return out
-
-    def take_frames(self) -> list[bytes | memoryview]:
-        out, self._frames_out = self._frames_out, []
-        return out
-
     def take_events(self) -> list[NodeEvent]:
         out, self._events = self._events, []
         return out
@@ -274,96 +207,7 @@ class NodeCore:
     def next_deadline(self) -> float:
         return self._next_deadline
 
-    # -- inside: frames from naas0 ---------------------------------------------------------
-
-    def tap_frames_received(self, frames: Iterable[bytes], now: float) -> None:
-        if self.tap_offload:
-            frames = self._offloads_sent(frames, now)
-        lookup = self.mac_table.lookup
-        peers = self.peers
-        for frame in frames:
-            if len(frame) < ETHERNET_HEADER_LEN:
-                self.drops[DropReason.BAD_FRAME] += 1
-                continue
-            if len(frame) > self._max_frame:
-                self.drops[DropReason.FRAME_TOO_BIG] += 1
-                continue
-            multicast = frame[0] & 1
-            if (
-                self._dhcp is not None
-                and (multicast or frame[12:14] == _ETHERTYPE_ARP)
-                and self._answered_locally(frame, multicast)
-            ):
-                continue
-            if frame[12:14] == _ETHERTYPE_IPV4 and frame[23] == 6:
-                frame = clamp_tcp_mss(frame, self._max_mss)
-            inner = _FRAME + frame
-            if multicast:
-                self._flood(inner, now)
-                continue
-            node = lookup(frame[:6], now)
-            if node is None:
-                self._flood(inner, now)
-            elif node != self.node_id:
-                peer = peers.get(node)
-                if peer is None:
-                    self.drops[DropReason.NO_ROUTE] += 1
-                else:
-                    self._activate(peer, now)
-                    self._send_inner(peer, inner, now)
-
-    def _offloads_sent(self, reads: Iterable[bytes], now: float) -> list[bytes]:
-        """Reads of a TAP with offloads: those with work left (a checksum, a TCP super-frame)
-        go as they are, as OFFLOAD_FRAMEs, to the one member they are for; the receiver's
-        kernel or `software_segments` finishes them. Plain frames come back, to be switched."""
-        plain: list[bytes] = []
-        for data in reads:
-            if len(data) < _MIN_VNET_READ:
-                self.drops[DropReason.BAD_FRAME] += 1
-                continue
-            if not (data[0] & VNET_NEEDS_CSUM or data[1]):  # no checksum to do, not a super-frame
-                plain.append(data[VNET_HDR_LEN:])
-                continue
-            try:
-                _, gso_type, _, _, csum_start, csum_offset = check_vnet_untrusted(
-                    data[:VNET_HDR_LEN], len(data) - VNET_HDR_LEN
-                )
-                if not gso_type and (len(data) >= self._max_single_inner or data[VNET_HDR_LEN] & 1):
-                    # a full-size segment or a multicast: finish the checksum, send it plainly
-                    plain.append(complete_checksum(data[VNET_HDR_LEN:], csum_start, csum_offset))
-                    continue
-                node = self.mac_table.lookup(data[VNET_HDR_LEN : VNET_HDR_LEN + 6], now)
-                if node is None:  # not learnt yet: flood ordinary frames
-                    plain += software_segments(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:])
-                    continue
-            except BadPacket as exc:
-                self.drops[exc.reason] += 1
-                continue
-            peer = self.peers.get(node)
-            if peer is None:
-                if node != self.node_id:
-                    self.drops[DropReason.NO_ROUTE] += 1
-                continue
-            if not gso_type and data[22:24] == _ETHERTYPE_IPV4 and data[33] == 6:  # a TCP SYN?
-                frame = data[VNET_HDR_LEN:]
-                clamped = clamp_tcp_mss(frame, self._max_mss, checksum_partial=True)
-                if clamped is not frame:
-                    data = data[:VNET_HDR_LEN] + clamped
-            self._activate(peer, now)
-            self._send_inner(peer, _OFFLOAD_FRAME + data, now)
-        return plain
-
-    def _local_frame(self, frame: bytes) -> bytes:
-        """A frame for naas0, with the virtio header it expects when offloads are on."""
-        return PLAIN_VNET_HDR + frame if self.tap_offload else frame
-
-    def _flood(self, inner: bytes, now: float) -> None:
-        """Broadcast: to every member with a session; past the full-mesh size also to the
-        others (a handshake starts, and the session lapses if no unicast follows)."""
-        everyone = self._standing_threshold < 1.0
-        for peer in self.peers.values():
-            if peer.send_session(now) is not None or (everyone and peer.endpoints):
-                self._send_inner(peer, inner, now)
+    # -- which direct links are kept --------------------------------------------------------
 
     def _wanted(self, peer: Peer, now: float) -> bool:
         """A direct link is kept to ``peer``: a standing one, or frames flowed lately."""
@@ -376,242 +220,6 @@ class NodeCore:
             peer.next_probe_at = now
             self._next_deadline = now
         peer.active_until = now + IDLE_LINK_AFTER
-
-    def _answered_locally(self, frame: bytes, multicast: int) -> bool:
-        """ARP for members and this host's DHCP are answered here, never flooded."""
-        ethertype = frame[12:14]
-        if ethertype == _ETHERTYPE_ARP:
-            try:
-                request = arp.parse_arp_untrusted(frame)
-            except BadPacket as exc:
-                self.drops[exc.reason] += 1
-                return True
-            node = self._ip_to_node.get(request.target_ip)
-            if request.op != 1 or node is None or node == self.node_id:
-                return False
-            self._frames_out.append(
-                self._local_frame(arp.build_arp_reply(request, mac_for_node(NodeId(node))))
-            )
-            return True
-        if multicast and ethertype == _ETHERTYPE_IPV4 and self._dhcp is not None:
-            try:
-                request_dhcp = dhcp.parse_dhcp_untrusted(frame)
-            except BadPacket as exc:
-                self.drops[exc.reason] += 1
-                return True
-            if request_dhcp is None:
-                return False
-            client_mac = frame[6:12]
-            if client_mac != self.mac:
-                return False  # a host bridged behind us: not ours to answer
-            own_ip = self.identity.certificate.ip
-            reply = self._dhcp.answer(request_dhcp, client_mac, own_ip)
-            if reply is not None:
-                self._frames_out.append(self._local_frame(reply))
-            return True
-        return False
-
-    # -- outside: datagrams from the underlay ------------------------------------------------
-
-    def datagrams_received(self, datagrams: Iterable[tuple[bytes, Address]], now: float) -> None:
-        for datagram, address in datagrams:
-            try:
-                if len(datagram) < DATA_HEADER_LEN:
-                    raise BadPacket(DropReason.TOO_SHORT, f"{len(datagram)} bytes")
-                kind, hops, flags, dst, src = OUTER.unpack_from(datagram)
-                if flags:
-                    raise BadPacket(DropReason.BAD_FLAGS)
-                if dst != self.node_id:
-                    self._relay(datagram, dst, hops, address)
-                    continue
-                relayed = hops != DEFAULT_HOP_LIMIT
-                if kind == TYPE_DATA:
-                    self._message_received(datagram, datagram[DATA_HEADER_LEN:], src, address, relayed, now)
-                elif kind == TYPE_FRAGMENT:
-                    self._fragment_received(datagram, src, address, relayed, now)
-                elif kind == TYPE_INITIATION:
-                    self._initiation_received(datagram, address, relayed, now)
-                elif kind == TYPE_RESPONSE:
-                    self._response_received(datagram, address, relayed, now)
-                else:
-                    raise BadPacket(DropReason.UNKNOWN_TYPE, str(kind))
-            except BadPacket as exc:
-                self.drops[exc.reason] += 1
-
-    def runs_received(self, runs: Iterable[tuple[bytes, Address, int]], now: float) -> None:
-        """Coalesced datagrams from UDP GRO: ``(run, sender, segment size)``.
-
-        The usual runs are handled whole: all the pieces of one message for us (joined
-        and opened at once), or datagrams for another member (relayed as one run).
-        Anything else is taken apart and handled datagram by datagram.
-        """
-        for run, address, segment in runs:
-            if len(run) <= segment:  # one datagram: GRO found nothing to join it with
-                self.datagrams_received(((run, address),), now)
-                continue
-            if segment >= DATA_HEADER_LEN:
-                if run[4:8] == self._node_id_bytes:
-                    if run[0] == TYPE_FRAGMENT:
-                        span = run_span(run, segment)
-                        if span is not None:
-                            try:
-                                self._span_received(run, span, address, now)
-                            except BadPacket as exc:
-                                self.drops[exc.reason] += 1
-                            continue
-                elif self._relayed_run(run, address, segment):
-                    continue
-            self.datagrams_received([(datagram, address) for datagram in datagrams_of(run, segment)], now)
-
-    def _relayed_run(self, run: bytes, address: Address, segment: int) -> bool:
-        """Relay a run of datagrams all for the same other member as one run; False when
-        it is not such a run or cannot be relayed (then each datagram is handled alone)."""
-        hops = run[1]
-        target = self.peers.get(int.from_bytes(run[4:8], "big"))
-        if hops <= 1 or target is None or address not in self._member_addresses:
-            return False
-        next_address = self._address_for(target)
-        if next_address is None or next_address == address:
-            return False
-        count = -(-len(run) // segment)
-        if run[2:4] != b"\0\0" or len(run) - (count - 1) * segment < DATA_HEADER_LEN:
-            return False  # flags are 0, the last datagram has a whole header: as _relay checks
-        for at in range(8):  # type, hop limit, flags, destination: the same in every datagram
-            if run[at::segment] != bytes((run[at],)) * count:
-                return False
-        out = bytearray(run)
-        out[1::segment] = bytes((hops - 1,)) * count  # every hop limit, in one step
-        self._runs_out.append((out, next_address, segment))
-        self.relayed_packets += count
-        self.relayed_bytes += len(run)
-        return True
-
-    def _relay(self, datagram: bytes, dst: int, hops: int, address: Address) -> None:
-        """Forward a datagram for another member on its outer header, never decrypting.
-
-        Only members relay through us: the datagram must come from a member's endpoint.
-        """
-        if address not in self._member_addresses:
-            raise BadPacket(DropReason.WRONG_DESTINATION, "not from a member")
-        if hops <= 1:
-            raise BadPacket(DropReason.HOP_LIMIT_EXCEEDED)
-        target = self.peers.get(dst)
-        if target is None:
-            raise BadPacket(DropReason.NO_ROUTE, str(dst))
-        next_address = self._address_for(target)
-        if next_address is None or next_address == address:
-            raise BadPacket(DropReason.NO_ROUTE, str(dst))
-        self._datagrams_out.append((with_hop_limit(datagram, hops - 1), next_address))
-        self.relayed_packets += 1
-        self.relayed_bytes += len(datagram)
-
-    def _address_for(self, peer: Peer) -> Address | None:
-        """Where datagrams for ``peer`` go: its endpoint while the direct link is up,
-        else the endpoint of the next hop the routes pick (end-to-end session inside)."""
-        if not peer.direct_up:
-            hop_id = self.routes.next_hop(peer.node_id)
-            hop = self.peers.get(hop_id) if hop_id is not None and hop_id != peer.node_id else None
-            if hop is not None and hop.direct_up and hop.current_endpoint is not None:
-                peer.relayed_via = hop.node_id
-                return hop.current_endpoint
-        peer.relayed_via = None
-        return peer.current_endpoint or (peer.endpoints[0] if peer.endpoints else None)
-
-    def _fragment_received(
-        self, datagram: bytes, src: int, address: Address, relayed: bool, now: float
-    ) -> None:
-        """One piece of a message; the message is opened when its last piece is in."""
-        if len(datagram) <= FRAGMENT_HEADER_LEN:
-            raise BadPacket(DropReason.TOO_SHORT, "fragment")
-        index, count = PIECE_HEAD.unpack_from(datagram, DATA_HEADER_LEN)
-        self._span_received(datagram, (index, count, 1, datagram[FRAGMENT_HEADER_LEN:]), address, now)
-
-    def _span_received(
-        self, header: bytes, span: tuple[int, int, int, bytes], address: Address, now: float
-    ) -> None:
-        """Consecutive pieces of a message (core/fragments.py), ``header`` the first's."""
-        src = int.from_bytes(header[8:12], "big")
-        relayed = header[1] != DEFAULT_HOP_LIMIT
-        first, count, pieces, joined = span
-        if first == 0 and pieces == count:  # the whole message in one run: the usual case
-            self._message_received(header, joined, src, address, relayed, now)
-            return
-        _, session, counter = self._session_of(header, src)
-        if session.already_opened(counter):  # a late duplicate must not start a message again
-            raise BadPacket(DropReason.REPLAYED, "fragment")
-        if session.reassembly is None:
-            session.reassembly = Reassembly(self.drops)
-        sealed = session.reassembly.add(counter, first, count, joined, pieces)
-        if sealed is not None:
-            self._message_received(header, sealed, src, address, relayed, now)
-
-    def _session_of(self, header: bytes, src: int) -> tuple[Peer, Session, int]:
-        """The peer and session a DATA or FRAGMENT header names, and its counter."""
-        receiver_index, counter = DATA_HEAD.unpack_from(header, OUTER.size)
-        entry = self._by_index.get(receiver_index)
-        if entry is None:
-            raise BadPacket(DropReason.UNKNOWN_INDEX)
-        peer, session = entry
-        if src != peer.node_id:
-            raise BadPacket(DropReason.UNKNOWN_SENDER)
-        return peer, session, counter
-
-    def _message_received(
-        self, header: bytes, sealed: bytes, src: int, address: Address, relayed: bool, now: float
-    ) -> None:
-        """One sealed message: a DATA datagram's payload or a FRAGMENT message's joined
-        pieces, ``header`` the datagram (or first piece) it came in."""
-        peer, session, counter = self._session_of(header, src)
-        was_confirmed = session.confirmed
-        inner = session.open_sealed(header[DATA_AAD_SLICE], counter, sealed, now)
-        stats = peer.stats
-        stats.rx_packets += 1
-        stats.rx_bytes += DATA_HEADER_LEN + len(sealed)
-        stats.last_rx = now
-        if not relayed and address != peer.current_endpoint:
-            self._endpoint_confirmed(peer, address, now)
-        if not was_confirmed:
-            self._session_ready(peer, now)
-        if not inner:
-            raise BadPacket(DropReason.BAD_INNER, "empty")
-        kind = inner[0]
-        if kind == INNER_FRAME:
-            if len(inner) < 1 + ETHERNET_HEADER_LEN:
-                raise BadPacket(DropReason.BAD_FRAME)
-            if inner[7:9] != MAC_PREFIX:  # a member's MAC says where it is; others are learnt
-                self.mac_table.learn(inner[7:13], peer.node_id, now)
-            if not inner[1] & 1:  # unicast to us: keep the link (a broadcast alone does not)
-                self._activate(peer, now)
-            if self.tap_offload:
-                self._frames_out.append(PLAIN_VNET_HDR + memoryview(inner)[1:])
-            else:
-                self._frames_out.append(inner[1:])
-        elif kind == INNER_OFFLOAD_FRAME:
-            start = 1 + VNET_HDR_LEN
-            if len(inner) < start + ETHERNET_HEADER_LEN:
-                raise BadPacket(DropReason.BAD_FRAME)
-            vnet = inner[1:start]
-            check_vnet_untrusted(vnet, len(inner) - start)
-            self.mac_table.learn(inner[start + 6 : start + 12], peer.node_id, now)
-            self._activate(peer, now)
-            if self.tap_offload:
-                self._frames_out.append(memoryview(inner)[1:])  # the kernel finishes it
-            else:
-                self._frames_out += software_segments(vnet, inner[start:])
-        elif kind == INNER_CONTROL:
-            reply_to = None if relayed else address
-            self._control_received(peer, decode_control_untrusted(inner[1:]), reply_to, now)
-        elif kind != INNER_KEEPALIVE:
-            raise BadPacket(DropReason.BAD_INNER, str(kind))
-
-    def _endpoint_confirmed(self, peer: Peer, address: Address, now: float) -> None:
-        """Authenticated traffic came straight from ``address``: reply there (roaming)."""
-        if peer.current_endpoint is not None:
-            self._member_addresses.pop(peer.current_endpoint, None)
-        peer.current_endpoint = address
-        self._member_addresses[address] = peer.node_id
-        if peer.note_endpoint(address):
-            self.membership.record_changed(peer, now)
 
     # -- handshakes ---------------------------------------------------------------------------
 
@@ -741,33 +349,7 @@ class NodeCore:
                 return index
         raise RuntimeError("cannot find a free session index")
 
-    # -- sending ------------------------------------------------------------------------------
-
-    def _send_inner(self, peer: Peer, inner: bytes, now: float, address: Address | None = None) -> None:
-        """Seal ``inner`` for ``peer``; to ``address`` if given (probes), else where routes say."""
-        session = peer.send_session(now)
-        if address is None:
-            address = self._address_for(peer)
-        if session is None or address is None:
-            if len(peer.queue) == peer.queue.maxlen:
-                self.drops[DropReason.QUEUE_FULL] += 1
-            peer.queue.append(inner)
-            if peer.pending is None and peer.endpoints:
-                self._initiate(peer, now)
-            return
-        stats = peer.stats
-        stats.tx_packets += 1
-        if len(inner) > self._max_single_inner:  # a super-frame: pieces, in GSO runs
-            segment = FRAGMENT_HEADER_LEN + self._piece_size
-            for run in session.seal_runs(
-                peer.node_id, self.node_id, DEFAULT_HOP_LIMIT, inner, self._piece_size
-            ):
-                self._runs_out.append((run, address, segment))
-                stats.tx_bytes += len(run)
-            return
-        datagram = session.seal(peer.node_id, self.node_id, DEFAULT_HOP_LIMIT, inner)
-        self._datagrams_out.append((datagram, address))
-        stats.tx_bytes += len(datagram)
+    # -- sending control messages (for the sync modules too) ------------------------------
 
     def _send_control(
         self, peer: Peer, message: ControlMessage, now: float, address: Address | None = None

@@ -58,7 +58,14 @@ from __future__ import annotations
 
 import struct
 
-from naas.core.ethernet import ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, IPPROTO_TCP, VLAN_TAG_LEN
+from naas.core.ethernet import (
+    ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
+    ETHERTYPE_VLAN,
+    IPPROTO_TCP,
+    VLAN_TAG_LEN,
+    internet_checksum,
+)
 from naas.core.wire import ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, IPV6_HEADER_LEN, BadPacket, DropReason
 
 # -- virtio-net header (virtio spec 5.1.6, include/uapi/linux/virtio_net.h) -----------------
@@ -123,19 +130,6 @@ def _word_sum(data: bytes | bytearray | memoryview) -> int:
     return value % 0xFFFF
 
 
-def _ones_sum(data: bytes | bytearray | memoryview) -> int:
-    """The 16-bit ones' complement sum of ``data``."""
-    value = int.from_bytes(data, "big")
-    if len(data) & 1:
-        value <<= 8
-    return _fold(value)
-
-
-def internet_checksum(data: bytes | bytearray | memoryview) -> int:
-    """The RFC 1071 checksum of ``data``; over data that includes its checksum, 0."""
-    return 0xFFFF - _ones_sum(data)
-
-
 def complete_checksum(frame: bytes | bytearray, csum_start: int, csum_offset: int) -> bytes:
     """``frame`` with its partial L4 checksum finished, as ``skb_checksum_help`` does.
 
@@ -147,7 +141,7 @@ def complete_checksum(frame: bytes | bytearray, csum_start: int, csum_offset: in
     if csum_start < 0 or csum_offset < 0 or at + 2 > len(frame):
         raise _bad(f"checksum field at {csum_start}+{csum_offset} beyond a {len(frame)}-byte frame")
     view = memoryview(frame)
-    checksum = 0xFFFF - _ones_sum(view[csum_start:])
+    checksum = internet_checksum(view[csum_start:])
     if checksum == 0 and csum_offset == UDP_CSUM_OFFSET:
         checksum = 0xFFFF
     return b"".join((view[:at], _U16.pack(checksum), view[at + 2 :]))
