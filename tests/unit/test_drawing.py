@@ -8,6 +8,7 @@ import re
 import shutil
 import struct
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -154,13 +155,7 @@ def test_each_live_link_is_an_edge_labelled_with_its_rtt_and_no_other_edge_is_dr
 
 def test_a_link_to_an_unknown_member_is_left_out() -> None:
     topo = mesh()
-    stray = Topology(
-        network=topo.network,
-        local=topo.local,
-        mtu=topo.mtu,
-        members=topo.members,
-        links=(*topo.links, LinkView(5, 99, 2.0)),
-    )
+    stray = replace(topo, links=(*topo.links, LinkView(5, 99, 2.0)))
     dot = topology_to_dot(stray, WHEN)
     assert "n99" not in dot
     assert edges(dot).keys() == edges(topology_to_dot(topo, WHEN)).keys()
@@ -198,12 +193,8 @@ def test_legend_is_a_cluster_and_the_graph_is_undirected() -> None:
 
 def test_output_is_deterministic_whatever_the_input_order() -> None:
     topo = mesh()
-    shuffled = Topology(
-        network=topo.network,
-        local=topo.local,
-        mtu=topo.mtu,
-        members=(topo.members[0], *reversed(topo.members[1:])),
-        links=tuple(reversed(topo.links)),
+    shuffled = replace(
+        topo, members=(topo.members[0], *reversed(topo.members[1:])), links=tuple(reversed(topo.links))
     )
     first = topology_to_dot(topo, WHEN)
     assert topology_to_dot(shuffled, WHEN) == first

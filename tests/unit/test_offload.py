@@ -26,7 +26,6 @@ from naas.core.offload import (
     VNET_NEEDS_CSUM,
     check_vnet_untrusted,
     complete_checksum,
-    internet_checksum,
     software_segments,
 )
 from naas.core.wire import BadPacket, DropReason
@@ -238,41 +237,6 @@ def reference_segments(sup: Super, mss: int) -> list[bytes]:
 
 def payload_of(size: int, seed: int = 9293) -> bytes:
     return random.Random(seed).randbytes(size)
-
-
-# -- checksums -------------------------------------------------------------------------------
-
-
-def test_internet_checksum_rfc1071_example() -> None:
-    # RFC 1071 section 3: the words 0001 f203 f4f5 f6f7 sum to ddf2.
-    assert internet_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0xFFFF - 0xDDF2
-
-
-def test_internet_checksum_matches_reference_on_random_data() -> None:
-    rng = random.Random(1071)
-    for _ in range(400):
-        data = rng.randbytes(rng.choice([rng.randrange(0, 64), rng.randrange(0, 3000)]))
-        expected = reference_checksum(data)
-        assert internet_checksum(data) == expected, data.hex()
-        assert internet_checksum(bytearray(data)) == expected
-        assert internet_checksum(memoryview(data)) == expected
-        assert internet_checksum(data) == ethernet.internet_checksum(data)
-
-
-@pytest.mark.parametrize("length", [0, 1, 2, 3, 4, 5, 1399, 1400, 65535])
-@pytest.mark.parametrize("fill", [0x00, 0xFF, 0x80, 0x01])
-def test_internet_checksum_edge_patterns(length: int, fill: int) -> None:
-    data = bytes([fill]) * length
-    assert internet_checksum(data) == reference_checksum(data)
-
-
-def test_internet_checksum_where_the_sum_is_a_multiple_of_0xffff() -> None:
-    # Non-zero data summing to 0xFFFF ("negative zero") has checksum 0, all-zero data 0xFFFF.
-    for data in (b"\xff\xff", b"\x12\x34\xed\xcb", b"\xff\xff" * 7, b"\xff"):
-        assert internet_checksum(data) == reference_checksum(data)
-    assert internet_checksum(b"\xff\xff") == 0
-    assert internet_checksum(b"\x00\x00\x00") == 0xFFFF
-    assert internet_checksum(b"") == 0xFFFF
 
 
 def udp_frame_with_partial(payload: bytes) -> bytes:

@@ -17,7 +17,7 @@ authenticated on their own: a forged one only makes the joined bytes fail the ta
 
 All pieces but the last have the same size, so the run of datagrams leaves in one UDP GSO
 call (`pack_runs`), and a receiver with UDP GRO usually gets all of them back in one
-buffer. `whole_message` recognises that case and joins the pieces with no bookkeeping.
+buffer. `run_span` recognises that case and joins the pieces with no bookkeeping.
 Otherwise (pieces one by one, or a run cut in two) a `Reassembly` collects them per
 counter.
 
@@ -68,10 +68,14 @@ def piece_size_for(mtu: int) -> int:
     return mtu + ETHERNET_HEADER_LEN + DATA_OVERHEAD - FRAGMENT_HEADER_LEN
 
 
+def _pieces_per_run(piece_size: int) -> int:
+    """FRAGMENT datagrams of ``piece_size`` pieces that one GSO send may carry."""
+    return max(1, min(MAX_RUN_SEGMENTS, MAX_RUN_BYTES // (FRAGMENT_HEADER_LEN + piece_size)))
+
+
 def one_run_limit(piece_size: int) -> int:
     """The largest inner payload that is sealed into one GSO run of pieces."""
-    segment = FRAGMENT_HEADER_LEN + piece_size
-    return max(1, min(MAX_RUN_SEGMENTS, MAX_RUN_BYTES // segment)) * piece_size - AEAD_TAG_LEN
+    return _pieces_per_run(piece_size) * piece_size - AEAD_TAG_LEN
 
 
 def gso_max_size_for(mtu: int) -> int:
@@ -90,7 +94,7 @@ def pack_runs(header: bytes, sealed: bytes, piece_size: int) -> list[bytes]:
     count = -(-len(sealed) // piece_size)
     if count > MAX_PIECES:
         raise ValueError(f"message of {len(sealed)} bytes needs {count} pieces")
-    per_run = max(1, min(MAX_RUN_SEGMENTS, MAX_RUN_BYTES // (FRAGMENT_HEADER_LEN + piece_size)))
+    per_run = _pieces_per_run(piece_size)
     view = memoryview(sealed)
     # all C-level loops: one header per piece, the pieces as views, interleaved and joined
     heads = [header + index_count for index_count in _index_bytes(count)]
