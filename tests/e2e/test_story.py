@@ -17,6 +17,7 @@ from conftest import requires_root
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from naas.daemon.runner import POLL_LINGER
 from naas.lab.story import NETWORK, Story, enrollment_argv
 
 pytestmark = [pytest.mark.netns, requires_root]
@@ -137,14 +138,17 @@ def test_down_and_up(enrolled_story: Story) -> None:
     assert json.loads(down.stdout)["stopped"] is True
     link = story.lab.host("ali-db-1").run(["ip", "link", "show", "naas0"])
     assert link.returncode != 0, "naas0 is gone while the agent is down"
-    bad = story.naas("ali-db-1", "up", "--metrics", "localhost")
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
-    up = story.naas("ali-db-1", "up", "--json", "--metrics", "127.0.0.1:9640")
+    for option, value in (("--metrics", "localhost"), ("--poll-ms", "fast"), ("--poll-ms", "-1")):
+        bad = story.naas("ali-db-1", "up", option, value)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+        assert option in bad.stderr
+    up = story.naas("ali-db-1", "up", "--json", "--metrics", "127.0.0.1:9640", "--poll-ms", "0")
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout)["started"] is True
     assert story.ping("ali-db-1", story.overlay_ip("desktop"), count=3) is not None
     status = json.loads(story.naas("ali-db-1", "status", "--json").stdout)
     assert status["network"] == NETWORK
+    assert status["agent"]["poll_ms"] == 0 and status["agent"]["polls"] == 0, "--poll-ms 0: no polling"
 
     scrape = story.lab.host("ali-db-1").run(
         [
@@ -161,6 +165,27 @@ def test_down_and_up(enrolled_story: Story) -> None:
         s.labels["peer"]: s.value for s in families["naas_peer_rx_bytes"].samples if s.name.endswith("_total")
     }
     assert rx["desktop"] > 0, "the ping's bytes are counted"
+
+
+def test_agent_polls_while_frames_flow_and_stops_when_idle(enrolled_story: Story) -> None:
+    """By default the agent polls every 2 ms for POLL_LINGER s after a frame, then stops."""
+    story = enrolled_story
+
+    def polls() -> int:
+        count: int = story.status("desktop")["agent"]["polls"]
+        return count
+
+    time.sleep(POLL_LINGER)
+    quiet = None
+    for _ in range(8):  # a second without polls; naas0 may still send a late IPv6 solicitation
+        before = polls()
+        time.sleep(1.0)
+        if polls() == before:
+            quiet = before
+            break
+    assert quiet is not None, "the agent kept polling with no traffic on naas0"
+    assert story.ping("aws-web-1", story.overlay_ip("desktop"), count=5) is not None
+    assert polls() - quiet >= 50, "five pings over 0.8 s: polls every 2 ms in between"
 
 
 def test_naas_drawing_writes_a_png_of_the_mesh(enrolled_story: Story, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import time
 from ipaddress import IPv4Interface
 from pathlib import Path
 
-from naas.cli.common import BadInput, CliError, add_metrics_option, metrics_address, say, state_dir_of, warn
+from naas.cli.common import AgentOptions, BadInput, CliError, add_agent_options, say, state_dir_of, warn
 from naas.core.crypto import ed25519_public, x25519_public
 from naas.daemon.runner import DEFAULT_INTERFACE, Agent, AgentError, run_loop, setup_logging
 from naas.daemon.state import NodeDir, network_dir, pop_node_dir, write_file
@@ -208,7 +208,7 @@ def cmd_pop(args: argparse.Namespace) -> int:
         pop = config.pop(args.name)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
-    metrics = metrics_address(args.metrics)
+    options = AgentOptions.from_args(args)
     state_dir = state_dir_of(args.state_dir)
     net_dir = network_dir(state_dir, config.name)
     ca_private = _require_init(net_dir, config)
@@ -230,8 +230,7 @@ def cmd_pop(args: argparse.Namespace) -> int:
                 ca_private,
                 info,
                 args.interface,
-                metrics,
-                args.offload,
+                options,
             )
         )
     except AgentError as exc:
@@ -247,10 +246,15 @@ async def _run_pop(
     ca_private: bytes,
     info: NetworkInfo,
     interface: str,
-    metrics: tuple[str, int] | None = None,
-    offload: bool = True,
+    options: AgentOptions,
 ) -> None:
-    agent = Agent(NodeDir(node_path), interface=interface, metrics=metrics, offload=offload)
+    agent = Agent(
+        NodeDir(node_path),
+        interface=interface,
+        metrics=options.metrics_address,
+        offload=options.offload,
+        poll_interval=options.poll_interval,
+    )
     await agent.start()
     assert agent.core is not None
     now = asyncio.get_running_loop().time()
@@ -296,5 +300,5 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     common(pop)
     pop.add_argument("--name", required=True, help="which PoP of the config this host is")
     pop.add_argument("--interface", default=DEFAULT_INTERFACE)
-    add_metrics_option(pop)
+    add_agent_options(pop)
     pop.set_defaults(func=cmd_pop)

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from naas.cli.common import (
+    AgentOptions,
     BadInput,
     CliError,
+    add_agent_options,
     add_member_options,
-    add_metrics_option,
     member_dir,
-    metrics_address,
     say,
     state_dir_of,
 )
@@ -40,7 +40,7 @@ READY_TIMEOUT = 20.0
 
 
 def cmd_join(args: argparse.Namespace) -> int:
-    metrics_address(args.metrics)  # bad input fails here, before anything is written
+    options = AgentOptions.from_args(args)
     try:
         invitation = parse_url_untrusted(args.url)
     except InvitationError as exc:
@@ -69,8 +69,8 @@ def cmd_join(args: argparse.Namespace) -> int:
         + ")"
     )
     if args.foreground:
-        return run_agent(node_dir, args.interface, args.metrics, args.offload)
-    start_agent(node_dir, args.interface, state_dir, metrics=args.metrics, offload=args.offload)
+        return run_agent(node_dir, args.interface, options)
+    start_agent(node_dir, args.interface, state_dir, options)
     return 0
 
 
@@ -78,9 +78,8 @@ def start_agent(
     node_dir: NodeDir,
     interface: str,
     state_dir: Path,
+    options: AgentOptions,
     quiet: bool = False,
-    metrics: str | None = None,
-    offload: bool = True,
 ) -> dict[str, Any]:
     """Start the agent detached and wait until naas0 is up (with its address)."""
     cert = node_dir.load_identity().certificate
@@ -105,8 +104,7 @@ def start_agent(
                 str(node_dir.path),
                 "--interface",
                 interface,
-                *(["--metrics", metrics] if metrics else []),
-                *([] if offload else ["--no-offload"]),
+                *options.argv(),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -133,9 +131,15 @@ def start_agent(
     raise CliError(f"the agent did not come up within {READY_TIMEOUT:.0f} s; see {node_dir.log_path}")
 
 
-def run_agent(node_dir: NodeDir, interface: str, metrics: str | None = None, offload: bool = True) -> int:
+def run_agent(node_dir: NodeDir, interface: str, options: AgentOptions) -> int:
     setup_logging(os.environ.get("NAAS_LOG_LEVEL", "INFO"))
-    agent = Agent(node_dir, interface=interface, metrics=metrics_address(metrics), offload=offload)
+    agent = Agent(
+        node_dir,
+        interface=interface,
+        metrics=options.metrics_address,
+        offload=options.offload,
+        poll_interval=options.poll_interval,
+    )
     try:
         run_loop(agent.run())
     except AgentError as exc:
@@ -185,14 +189,12 @@ def stop_agent(node_dir: NodeDir, quiet: bool = False) -> bool:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    metrics_address(args.metrics)  # bad input fails here, before anything is written
+    options = AgentOptions.from_args(args)
     state_dir = state_dir_of(args.state_dir)
     node_dir = member_dir(state_dir, args.network)
     if args.foreground:
-        return run_agent(node_dir, args.interface, args.metrics, args.offload)
-    info = start_agent(
-        node_dir, args.interface, state_dir, quiet=args.json, metrics=args.metrics, offload=args.offload
-    )
+        return run_agent(node_dir, args.interface, options)
+    info = start_agent(node_dir, args.interface, state_dir, options, quiet=args.json)
     if args.json:
         print(json.dumps(info, sort_keys=True))
     return 0
@@ -213,7 +215,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     node_dir = NodeDir(Path(args.node_dir))
     if not node_dir.exists():
         raise BadInput(f"--node-dir: no membership in {node_dir.path}")
-    return run_agent(node_dir, args.interface, args.metrics, args.offload)
+    return run_agent(node_dir, args.interface, AgentOptions.from_args(args))
 
 
 def fetch_status(node_dir: NodeDir) -> dict[str, Any]:
@@ -283,14 +285,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     join.add_argument("url", help="the invitation URL (naas://...)")
     join.add_argument("--foreground", action="store_true", help="run the agent attached")
     join.add_argument("--force", action="store_true", help="enroll again even if already a member")
-    add_metrics_option(join)
+    add_agent_options(join)
     join.add_argument("--interface", default=DEFAULT_INTERFACE, help="TAP device name (default naas0)")
     common(join, network=False)
     join.set_defaults(func=cmd_join)
 
     up = sub.add_parser("up", help="start the agent from saved state")
     up.add_argument("--foreground", action="store_true")
-    add_metrics_option(up)
+    add_agent_options(up)
     up.add_argument("--interface", default=DEFAULT_INTERFACE)
     up.add_argument("--json", action="store_true")
     common(up)
@@ -308,6 +310,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     agent = sub.add_parser("agent", help="run the agent of one membership in the foreground (used by up)")
     agent.add_argument("--node-dir", required=True)
-    add_metrics_option(agent)
+    add_agent_options(agent)
     agent.add_argument("--interface", default=DEFAULT_INTERFACE)
     agent.set_defaults(func=cmd_agent)

@@ -13,6 +13,16 @@ daemon/udp.py); the core is told which naas0 has. One timer, re-armed to
 ``NodeCore.next_deadline()``, runs handshake retransmission, rekeying and probes.
 Nothing here decides anything about the protocol; it only moves bytes and time.
 
+Polling while traffic flows. A wake-up after a few milliseconds of sleep is slow: on a
+shared VM the CPU's caches and the vCPU itself have gone to other work, and the first
+frame after a pause pays for it several times over (docs/performance.md, "Idle
+latency"). So for ``POLL_LINGER`` seconds after the last frame read from or written to
+naas0 (the mesh's own keepalives and probes do not count), a second timer also looks
+at naas0 and the socket every ``poll_interval`` (2 ms by default,
+``--poll-ms``; 0 turns it off). Each look is two reads that usually find nothing; it
+keeps the path warm for the next frame of a sparse flow (a ping, a request/response),
+costs ~1-2% of a core while traffic flows and nothing once the agent is idle.
+
 The member cache (members.json) is rewritten when membership changes, at most every
 few seconds, so a restart works with every PoP down.
 """
@@ -42,6 +52,9 @@ from naas.model.network import NetworkInfo
 log = logging.getLogger("naas.agent")
 
 BATCH = 64  # frames or datagrams handled per wake-up, per direction
+DEFAULT_POLL_INTERVAL = 0.002  # seconds between polls while traffic flows (see the docstring)
+MAX_POLL_INTERVAL = 0.1
+POLL_LINGER = 1.0  # seconds of polling after the last frame through naas0
 CACHE_SAVE_INTERVAL = 5.0
 DEFAULT_INTERFACE = "naas0"
 
@@ -59,9 +72,14 @@ class Agent:
         listen_host: str = "0.0.0.0",
         metrics: tuple[str, int] | None = None,
         offload: bool = True,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
     ) -> None:
         self.node_dir = node_dir
         self.offload = offload  # ask for TSO/checksum offload on naas0 and UDP GSO/GRO
+        self.poll_interval = poll_interval  # 0: no polling
+        self.polls = 0  # polls made, for status
+        self._poll: asyncio.TimerHandle | None = None  # armed while traffic flows
+        self._traffic_at = 0.0  # loop time of the last frame through naas0
         self.metrics_address = metrics  # (host, port) of the opt-in Prometheus port
         self._metrics: Any = None  # aiohttp AppRunner while serving
         self.interface = interface
@@ -162,8 +180,9 @@ class Agent:
 
     def close(self) -> None:
         loop = asyncio.get_event_loop()
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._poll):
+            if timer is not None:
+                timer.cancel()
         if self._control is not None:
             self._control.close()
         for device in (self._tap, self._udp):
@@ -183,25 +202,47 @@ class Agent:
         assert self._tap is not None and self.core is not None
         frames = self._tap.read_batch(BATCH)
         if frames:
-            self.core.tap_frames_received(frames, self._now())
+            now = self._now()
+            self.core.tap_frames_received(frames, now)
             self._transmit()
+            self._traffic(now)
 
     def _udp_readable(self) -> None:
         assert self._udp is not None and self.core is not None
+        now = self._now()
         if self._udp.gro:
             runs = self._udp.receive_coalesced(BATCH)
             if not runs:
                 return
-            self.core.runs_received(runs, self._now())
+            self.core.runs_received(runs, now)
         else:
             datagrams = self._udp.receive_batch(BATCH)
             if not datagrams:
                 return
-            self.core.datagrams_received(datagrams, self._now())
+            self.core.datagrams_received(datagrams, now)
         if self._transmit():
+            self._traffic(now)
             # The kernel often answers a frame inside our write (an echo reply, a TCP
             # ACK): read it now rather than after another trip through the event loop.
             self._tap_readable()
+
+    def _traffic(self, now: float) -> None:
+        """Frames went through naas0: poll for the next POLL_LINGER seconds."""
+        self._traffic_at = now
+        if self._poll is None and self.poll_interval > 0:
+            assert self._loop is not None
+            self._poll = self._loop.call_later(self.poll_interval, self._poll_fired)
+
+    def _poll_fired(self) -> None:
+        self._poll = None
+        if self._now() - self._traffic_at > POLL_LINGER:
+            return  # idle: the next frame or datagram starts polling again
+        self.polls += 1
+        self._tap_readable()
+        self._udp_readable()
+        if self._poll is None:  # (either read found traffic and armed it already)
+            assert self._loop is not None
+            self._poll = self._loop.call_later(self.poll_interval, self._poll_fired)
 
     def _now(self) -> float:
         assert self._loop is not None
@@ -299,6 +340,8 @@ class Agent:
                 "interface": self.interface,
                 "listen": f"{self.listen_host}:{self.core.network.mesh_port}",
                 "offloads": self._offload_summary() if self._udp and self._tap else "none",
+                "poll_ms": self.poll_interval * 1000,
+                "polls": self.polls,
                 "udp_send_drops": {k.value: v for k, v in self._udp.drops.items()} if self._udp else {},
                 "tap_write_drops": {k.value: v for k, v in self._tap.drops.items()} if self._tap else {},
             }
