@@ -21,7 +21,7 @@ from pathlib import Path
 
 from naas.cli.common import AgentOptions, BadInput, CliError, add_agent_options, say, state_dir_of, warn
 from naas.core.crypto import ed25519_public, x25519_public
-from naas.daemon.runner import DEFAULT_INTERFACE, Agent, AgentError, run_loop, setup_logging
+from naas.daemon.runner import DEFAULT_INTERFACE, AgentError, run_loop, setup_logging
 from naas.daemon.state import NodeDir, network_dir, pop_node_dir, write_file
 from naas.model.codec import certificate_to_dict
 from naas.model.config import ConfigError, NetworkConfig, load_config
@@ -248,13 +248,7 @@ async def _run_pop(
     interface: str,
     options: AgentOptions,
 ) -> None:
-    agent = Agent(
-        NodeDir(node_path),
-        interface=interface,
-        metrics=options.metrics_address,
-        offload=options.offload,
-        poll_interval=options.poll_interval,
-    )
+    agent = options.agent(NodeDir(node_path), interface)
     await agent.start()
     assert agent.core is not None
     now = asyncio.get_running_loop().time()

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from naas.daemon.runner import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL
+from naas.daemon.runner import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Agent
 from naas.daemon.state import DEFAULT_STATE_DIR, NodeDir, client_node_dir, find_networks, network_dir
 from naas.model.ids import Endpoint
 
@@ -106,13 +106,15 @@ class AgentOptions:
             raise BadInput(f"--poll-ms: expected milliseconds from 0 to {most:g}, got {args.poll_ms!r}")
         return cls(args.metrics, args.offload, poll_ms)
 
-    @property
-    def metrics_address(self) -> tuple[str, int] | None:
-        return metrics_address(self.metrics)
-
-    @property
-    def poll_interval(self) -> float:
-        return self.poll_ms / 1000
+    def agent(self, node_dir: NodeDir, interface: str) -> Agent:
+        """An agent for ``node_dir`` that runs with these options."""
+        return Agent(
+            node_dir,
+            interface=interface,
+            metrics=metrics_address(self.metrics),
+            offload=self.offload,
+            poll_interval=self.poll_ms / 1000,
+        )
 
     def argv(self) -> list[str]:
         """The same options on an agent's command line (`naas agent`)."""

@@ -30,7 +30,7 @@ from naas.cli.common import (
 )
 from naas.core.crypto import ed25519_public, x25519_public
 from naas.daemon import control, netconf
-from naas.daemon.runner import DEFAULT_INTERFACE, Agent, AgentError, run_loop, setup_logging
+from naas.daemon.runner import DEFAULT_INTERFACE, AgentError, run_loop, setup_logging
 from naas.daemon.state import NodeDir, client_node_dir
 from naas.model.codec import certificate_to_dict
 from naas.pop.client import EnrollmentError, enroll
@@ -133,13 +133,7 @@ def start_agent(
 
 def run_agent(node_dir: NodeDir, interface: str, options: AgentOptions) -> int:
     setup_logging(os.environ.get("NAAS_LOG_LEVEL", "INFO"))
-    agent = Agent(
-        node_dir,
-        interface=interface,
-        metrics=options.metrics_address,
-        offload=options.offload,
-        poll_interval=options.poll_interval,
-    )
+    agent = options.agent(node_dir, interface)
     try:
         run_loop(agent.run())
     except AgentError as exc:

@@ -236,7 +236,7 @@ class Agent:
     def _poll_fired(self) -> None:
         self._poll = None
         if self._now() - self._traffic_at > POLL_LINGER:
-            return  # idle: the next frame or datagram starts polling again
+            return  # idle: the next frame through naas0 starts polling again
         self.polls += 1
         self._tap_readable()
         self._udp_readable()
