@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from checksums import pseudo_header, reference_checksum
 from naas.core import ethernet
 from naas.core.ethernet import (
     ETHERTYPE_ARP,
@@ -29,23 +30,12 @@ IP_A = bytes([172, 32, 0, 1])
 IP_B = bytes([172, 32, 0, 2])
 
 
-def reference_checksum(data: bytes) -> int:
-    """RFC 1071, written the slow and obvious way: add 16-bit words, fold, invert."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = 0
-    for i in range(0, len(data), 2):
-        total += (data[i] << 8) | data[i + 1]
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def tcp_checksum_ok(frame: bytes) -> bool:
     l3 = header_length(frame)
     ihl = (frame[l3] & 0x0F) * 4
     total = struct.unpack_from("!H", frame, l3 + 2)[0]
     segment = frame[l3 + ihl : l3 + total]
-    pseudo = frame[l3 + 12 : l3 + 20] + struct.pack("!BBH", 0, 6, len(segment))
+    pseudo = pseudo_header(frame[l3 + 12 : l3 + 16], frame[l3 + 16 : l3 + 20], len(segment))
     return reference_checksum(pseudo + segment) == 0
 
 
@@ -61,7 +51,7 @@ def tcp_frame(
     data_offset = (20 + len(options)) // 4
     tcp = struct.pack("!HHIIBBHHH", 40000, 443, 1000, 0, data_offset << 4, flags, 64240, 0, 0)
     tcp += options + payload
-    pseudo = IP_A + IP_B + struct.pack("!BBH", 0, 6, len(tcp))
+    pseudo = pseudo_header(IP_A, IP_B, len(tcp))
     tcp = tcp[:16] + struct.pack("!H", reference_checksum(pseudo + tcp)) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 7, fragment, 64, 6, 0, IP_A, IP_B)
     ip = ip[:10] + struct.pack("!H", reference_checksum(ip)) + ip[12:]

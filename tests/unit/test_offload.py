@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from checksums import pseudo_header, reference_checksum, reference_ones_sum
 from naas.core import ethernet
 from naas.core.offload import (
     GSO_ECN,
@@ -40,30 +41,6 @@ IP6_HOME = bytes.fromhex("fd4e00000000000000000000000000cc")
 
 FIN, PSH, ACK, ECE, CWR = 0x01, 0x08, 0x10, 0x40, 0x80
 TIMESTAMP_OPTION = b"\x01\x01\x08\x0a" + bytes.fromhex("0001e2400000d431")
-
-
-# -- slow references -------------------------------------------------------------------------
-
-
-def reference_ones_sum(data: bytes) -> int:
-    """RFC 1071, the slow and obvious way: add 16-bit words with end-around carry."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = 0
-    for i in range(0, len(data), 2):
-        total += (data[i] << 8) | data[i + 1]
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def reference_checksum(data: bytes) -> int:
-    return ~reference_ones_sum(data) & 0xFFFF
-
-
-def pseudo_header(src: bytes, dst: bytes, length: int, protocol: int = 6) -> bytes:
-    if len(src) == 4:
-        return src + dst + struct.pack("!BBH", 0, protocol, length)
-    return src + dst + struct.pack("!IxxxB", length, protocol)
 
 
 # -- frames as Linux leaves them -------------------------------------------------------------
