@@ -45,6 +45,7 @@ import errno
 import fcntl
 import os
 import struct
+import sys
 from collections import deque
 from collections.abc import Iterable
 from enum import Enum
@@ -123,10 +124,11 @@ class TapDevice(Protocol):
         """A descriptor that polls readable while `read_batch` would return frames."""
         ...
 
-    def read_batch(self, max_frames: int) -> list[bytes]:
+    def read_batch(self, max_frames: int, max_bytes: int = sys.maxsize) -> list[bytes]:
         """Frames the kernel transmitted, oldest first: at most `max_frames`, maybe none.
 
-        Reads until there is nothing left (EAGAIN) or `max_frames`; never blocks and
+        Reads until there is nothing left (EAGAIN), `max_frames`, or the frames read
+        hold `max_bytes` or more (a read may be a 64 KiB super-frame); never blocks and
         never raises because nothing is pending.
         """
         ...
@@ -209,13 +211,17 @@ class LinuxTap:
             raise ValueError(f"TAP {self._name} is closed")
         return self._fd
 
-    def read_batch(self, max_frames: int) -> list[bytes]:
+    def read_batch(self, max_frames: int, max_bytes: int = sys.maxsize) -> list[bytes]:
         frames: list[bytes] = []
         read, fd, size = os.read, self._fd, self._frame_buffer
         for _ in range(max_frames):
             try:
-                frames.append(read(fd, size))
+                frame = read(fd, size)
             except BlockingIOError:
+                break
+            frames.append(frame)
+            max_bytes -= len(frame)
+            if max_bytes <= 0:
                 break
         return frames
 
@@ -283,9 +289,12 @@ class MemoryTap:
             raise ValueError(f"TAP {self._name} is closed")
         return self._event
 
-    def read_batch(self, max_frames: int) -> list[bytes]:
+    def read_batch(self, max_frames: int, max_bytes: int = sys.maxsize) -> list[bytes]:
         queue = self._to_daemon
-        frames = [queue.popleft() for _ in range(min(max_frames, len(queue)))]
+        frames: list[bytes] = []
+        while queue and len(frames) < max_frames and max_bytes > 0:
+            frames.append(queue.popleft())
+            max_bytes -= len(frames[-1])
         if frames and not queue:
             with contextlib.suppress(BlockingIOError):
                 os.eventfd_read(self._event)  # reset readability

@@ -40,6 +40,7 @@ import ipaddress
 import os
 import socket
 import struct
+import sys
 from collections import deque
 from collections.abc import Iterable, Sequence
 from enum import Enum
@@ -102,8 +103,9 @@ class DatagramSocket(Protocol):
         """A descriptor that polls readable while `receive_batch` would return data."""
         ...
 
-    def receive_batch(self, max_datagrams: int) -> list[tuple[bytes, Address]]:
-        """Pending ``(payload, sender)`` pairs, oldest first, at most `max_datagrams`.
+    def receive_batch(self, max_datagrams: int, max_bytes: int = sys.maxsize) -> list[tuple[bytes, Address]]:
+        """Pending ``(payload, sender)`` pairs, oldest first, at most `max_datagrams`,
+        and no more once the payloads hold `max_bytes` or more.
 
         Never blocks; returns ``[]`` when nothing is pending. A pending error report
         (e.g. ICMP unreachable) is counted in `drops` and skipped.
@@ -117,7 +119,9 @@ class DatagramSocket(Protocol):
         """
         ...
 
-    def receive_coalesced(self, max_buffers: int) -> list[tuple[bytes, Address, int]]:
+    def receive_coalesced(
+        self, max_buffers: int, max_bytes: int = sys.maxsize
+    ) -> list[tuple[bytes, Address, int]]:
         """Like `receive_batch`, with runs of datagrams: ``(run, sender, segment size)``."""
         ...
 
@@ -198,7 +202,7 @@ class LinuxUdpSocket:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def receive_batch(self, max_datagrams: int) -> list[tuple[bytes, Address]]:
+    def receive_batch(self, max_datagrams: int, max_bytes: int = sys.maxsize) -> list[tuple[bytes, Address]]:
         received: list[tuple[bytes, Address]] = []
         recvfrom, v6 = self._sock.recvfrom, self._v6
         for _ in range(max_datagrams):
@@ -210,6 +214,9 @@ class LinuxUdpSocket:
                 self._count_or_raise(exc)
                 continue
             received.append((data, (sender[0], sender[1]) if v6 else sender))
+            max_bytes -= len(data)
+            if max_bytes <= 0:
+                break
         return received
 
     def send_batch(self, datagrams: Iterable[tuple[bytes, Address]]) -> int:
@@ -224,9 +231,11 @@ class LinuxUdpSocket:
                 sent += 1
         return sent
 
-    def receive_coalesced(self, max_buffers: int) -> list[tuple[bytes, Address, int]]:
+    def receive_coalesced(
+        self, max_buffers: int, max_bytes: int = sys.maxsize
+    ) -> list[tuple[bytes, Address, int]]:
         if not self.gro:
-            return [(data, sender, len(data)) for data, sender in self.receive_batch(max_buffers)]
+            return [(data, sender, len(data)) for data, sender in self.receive_batch(max_buffers, max_bytes)]
         received: list[tuple[bytes, Address, int]] = []
         recvmsg, v6 = self._sock.recvmsg, self._v6
         for _ in range(max_buffers):
@@ -242,6 +251,9 @@ class LinuxUdpSocket:
                 if level == SOL_UDP and kind == UDP_GRO and len(value) >= _GRO_SEGMENT.size:
                     segment = _GRO_SEGMENT.unpack_from(value)[0]
             received.append((data, (sender[0], sender[1]) if v6 else sender, segment))
+            max_bytes -= len(data)
+            if max_bytes <= 0:
+                break
         return received
 
     def send_coalesced(self, runs: Iterable[tuple[bytes | bytearray, Address, int]]) -> int:
@@ -401,9 +413,12 @@ class MemoryUdpSocket:
             raise ValueError("socket is closed")
         return self._event
 
-    def receive_batch(self, max_datagrams: int) -> list[tuple[bytes, Address]]:
+    def receive_batch(self, max_datagrams: int, max_bytes: int = sys.maxsize) -> list[tuple[bytes, Address]]:
         queue = self._queue
-        received = [queue.popleft() for _ in range(min(max_datagrams, len(queue)))]
+        received: list[tuple[bytes, Address]] = []
+        while queue and len(received) < max_datagrams and max_bytes > 0:
+            received.append(queue.popleft())
+            max_bytes -= len(received[-1][0])
         if received and not queue:
             with contextlib.suppress(BlockingIOError):
                 os.eventfd_read(self._event)  # reset readability
@@ -425,8 +440,10 @@ class MemoryUdpSocket:
             sent += 1
         return sent
 
-    def receive_coalesced(self, max_buffers: int) -> list[tuple[bytes, Address, int]]:
-        return [(data, sender, len(data)) for data, sender in self.receive_batch(max_buffers)]
+    def receive_coalesced(
+        self, max_buffers: int, max_bytes: int = sys.maxsize
+    ) -> list[tuple[bytes, Address, int]]:
+        return [(data, sender, len(data)) for data, sender in self.receive_batch(max_buffers, max_bytes)]
 
     def send_coalesced(self, runs: Iterable[tuple[bytes | bytearray, Address, int]]) -> int:
         sent = 0
