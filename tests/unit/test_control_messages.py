@@ -23,6 +23,7 @@ from naas.core.control_messages import (
     LinkStateDigest,
     LinkStateRequest,
     LinkStateSum,
+    LossReport,
     Members,
     MembersDigest,
     MembersSum,
@@ -63,6 +64,9 @@ MESSAGES: list[ControlMessage] = [
     MembersSum(HASH),
     MembersDigest(((7, 1_800_000_000),), reply=False),
     MembersDigest(((7, 1_800_000_000), (8, 1)), reply=True),
+    LossReport(0, 0),
+    LossReport(1234, 17),
+    LossReport(0xFFFFFFFF, 0xFFFFFFFF),
 ]
 
 
@@ -164,6 +168,13 @@ REJECTED: dict[str, bytes] = {
     "origin too big": body(t="lsd_req", origin=2**32),
     "origin boolean": body(t="lsd_req", origin=True),
     "origin text": body(t="lsd_req", origin="1"),
+    "loss without lost": body(t="loss", n=100),
+    "loss without n": body(t="loss", lost=1),
+    "loss negative": body(t="loss", n=100, lost=-1),
+    "loss boolean": body(t="loss", n=True, lost=0),
+    "loss float": body(t="loss", n=100.0, lost=1),
+    "loss text": body(t="loss", n=100, lost="1"),
+    "loss too big": body(t="loss", n=2**32, lost=0),
     "too long": b" " * (MAX_CONTROL_BYTES + 1),
 }
 

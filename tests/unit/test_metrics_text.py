@@ -45,7 +45,17 @@ def topology() -> Topology:
                 tx_packets=20,
                 handshakes=3,
             ),
-            peer(3, "nas", Reach.RELAYED, via="pop-paris", rx_bytes=50, tx_bytes=60, handshakes=1),
+            peer(
+                3,
+                "nas",
+                Reach.RELAYED,
+                via="pop-paris",
+                rx_bytes=50,
+                tx_bytes=60,
+                handshakes=1,
+                rx_lost=40,
+                superframes_cut=True,
+            ),
             peer(9, "idle-box", Reach.IDLE),
             peer(11, "joining", Reach.CONNECTING),
             peer(12, WEIRD, Reach.UNREACHABLE, rtt_ms=0.4),
@@ -97,6 +107,23 @@ def test_byte_and_packet_counters_per_peer_and_not_for_the_local_member() -> Non
     }
 
 
+def test_lost_messages_and_cut_super_frames_per_peer() -> None:
+    assert per_peer("naas_peer_rx_lost_total") == {
+        "pop-paris": 0.0,
+        "nas": 40.0,
+        "idle-box": 0.0,
+        "joining": 0.0,
+        WEIRD: 0.0,
+    }
+    assert per_peer("naas_peer_superframes_cut") == {
+        "pop-paris": 0.0,
+        "nas": 1.0,
+        "idle-box": 0.0,
+        "joining": 0.0,
+        WEIRD: 0.0,
+    }
+
+
 def test_rtt_is_in_seconds_and_only_for_peers_that_have_one() -> None:
     assert per_peer("naas_peer_rtt_seconds") == {"pop-paris": 0.0125, WEIRD: 0.0004}
 
@@ -140,6 +167,8 @@ def test_every_series_carries_the_network_and_nothing_else_is_exported() -> None
         "naas_peer_rx_packets_total",
         "naas_peer_tx_packets_total",
         "naas_peer_handshakes_total",
+        "naas_peer_rx_lost_total",
+        "naas_peer_superframes_cut",
         "naas_peer_rtt_seconds",
         "naas_peer_reachable",
         "naas_drops_total",

@@ -156,3 +156,17 @@ def test_matches_model_on_random_traffic(seed: int) -> None:
             next_counter = counter + 1
         assert window.accept(counter) == model.accept(counter), counter
     assert window.top == model.top
+
+
+def test_counters_jumped_over_are_skipped_until_they_come_late() -> None:
+    window = ReplayWindow()
+    for counter in (0, 1, 2, 6):  # 3, 4 and 5 jumped over
+        assert window.accept(counter)
+    assert (window.skipped, window.late) == (3, 0)
+    assert window.accept(4)  # reordered: it came after all
+    assert not window.accept(4)  # a duplicate counts nothing
+    assert window.accept(7)  # in order again: nothing skipped
+    assert (window.skipped, window.late) == (3, 1)
+    assert window.accept(7 + WINDOW)  # jumps WINDOW - 1 counters
+    assert not window.accept(5)  # now too old: still lost
+    assert (window.skipped, window.late) == (3 + WINDOW - 1, 1)

@@ -14,6 +14,8 @@ decrypted traffic and in tests; they are rare next to data frames.
     lsd_digest {"t": "lsd_digest", "seqs": [[origin, seq], ...], "reply": b}   anti-entropy
     members_sum    {"t": "members_sum", "h": hex}                   "my member table hashes to h"
     members_digest {"t": "members_digest", "v": [[node, not_before], ...], "reply": b}
+    loss       {"t": "loss", "n": opened, "lost": lost}              "of your messages since my
+                                                                     last report" (core/loss.py)
 
 Anti-entropy is two-step so that it costs almost nothing at rest: a 16-byte hash
 (``*_sum``) first, and the full list of versions (``*_digest``) only when the hashes
@@ -28,7 +30,7 @@ import math
 import re
 from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Any
+from typing import Any, TypeGuard
 
 from naas.core.constants import MAX_CONTROL_BYTES, MAX_MEMBERS_PER_GOSSIP
 from naas.core.routing import LinkStateDelta, decode_delta_untrusted, encode_delta
@@ -47,6 +49,12 @@ class Probe:
 class ProbeAck:
     seq: int
     ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class LossReport:
+    opened: int  # messages from the member opened since the last report
+    lost: int  # messages from it that never arrived, in the same time
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +118,7 @@ ControlMessage = (
     | LinkStateSum
     | MembersSum
     | MembersDigest
+    | LossReport
 )
 
 
@@ -134,6 +143,8 @@ def encode_control(message: ControlMessage) -> bytes:
         body = {"t": "members_sum", "h": message.hash.hex()}
     elif isinstance(message, MembersDigest):
         body = {"t": "members_digest", "v": [list(pair) for pair in message.versions], "reply": message.reply}
+    elif isinstance(message, LossReport):
+        body = {"t": "loss", "n": message.opened, "lost": message.lost}
     else:
         body = {"t": "lsd_req", "origin": message.origin}
     return bytes((INNER_CONTROL,)) + canonical_json(body)
@@ -188,6 +199,11 @@ def decode_control_untrusted(payload: bytes) -> ControlMessage:
                 raise BadPacket(DropReason.BAD_CONTROL, "bad sum")
             digest = bytes.fromhex(raw_hash)
             return LinkStateSum(digest) if kind == "lsd_sum" else MembersSum(digest)
+        if kind == "loss":
+            opened, lost = body.get("n"), body.get("lost")
+            if not (_is_count(opened) and _is_count(lost)):
+                raise BadPacket(DropReason.BAD_CONTROL, "bad loss report")
+            return LossReport(opened, lost)
         if kind == "lsd_req":
             origin = body.get("origin")
             if not isinstance(origin, int) or isinstance(origin, bool) or not 0 < origin <= 0xFFFFFFFF:
@@ -196,6 +212,11 @@ def decode_control_untrusted(payload: bytes) -> ControlMessage:
     except CodecError as exc:
         raise BadPacket(DropReason.BAD_CONTROL, str(exc)) from None
     raise BadPacket(DropReason.BAD_CONTROL, f"unknown type {kind!r}")
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    """A message count as a report may carry: an int (not a bool) in 0 .. 2**32 - 1."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFFFFFF
 
 
 def _int_pairs(raw: Any) -> tuple[tuple[int, int], ...]:

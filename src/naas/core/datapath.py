@@ -12,9 +12,10 @@ Inside -> outside (``tap_frames_received``, a batch of naas0 reads):
 1. With ``tap_offload`` every read starts with a virtio-net header (core/offload.py).
    A TCP super-frame of up to 64 KiB, or a frame whose checksum is still to be done,
    goes as it is, header included, as one OFFLOAD_FRAME to the member its destination
-   MAC names. Everything else loses the header (a full-size or multicast frame after
-   its checksum is finished, one for a MAC not learnt yet after being cut up in
-   software) and goes on as a plain frame.
+   MAC names, unless the link to that member loses datagrams (core/loss.py): then a
+   super-frame is cut into segments here. Everything else loses the header (a
+   full-size or multicast frame after its checksum is finished, one for a MAC not
+   learnt yet after being cut up in software) and goes on as a plain frame.
 2. A plain frame of the wrong size is dropped. ARP for a member's address and DHCP
    from this host are answered here (layer-3 networks only), straight back to naas0.
    A TCP SYN gets its MSS clamped to the overlay MTU (core/ethernet.py).
@@ -216,13 +217,16 @@ class DataPath:
                 if node is None:  # not learnt yet: flood ordinary frames
                     plain += software_segments(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:])
                     continue
+                peer = self.peers.get(node)
+                if peer is None:
+                    if node != self.node_id:
+                        self.drops[DropReason.NO_ROUTE] += 1
+                    continue
+                if gso_type and peer.tx_adaptation.cutting(now):  # a lossy link (core/loss.py)
+                    plain += software_segments(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:])
+                    continue
             except BadPacket as exc:
                 self.drops[exc.reason] += 1
-                continue
-            peer = self.peers.get(node)
-            if peer is None:
-                if node != self.node_id:
-                    self.drops[DropReason.NO_ROUTE] += 1
                 continue
             if not gso_type and data[22:24] == _ETHERTYPE_IPV4 and data[33] == 6:  # a TCP SYN?
                 frame = data[VNET_HDR_LEN:]

@@ -57,6 +57,7 @@ from naas.core.constants import (
 )
 from naas.core.control_messages import (
     ControlMessage,
+    LossReport,
     Members,
     MembersDigest,
     MembersSum,
@@ -66,9 +67,10 @@ from naas.core.control_messages import (
 )
 from naas.core.crypto import certificate_problem
 from naas.core.datapath import DataPath
-from naas.core.fragments import piece_size_for
+from naas.core.fragments import one_run_limit, piece_size_for
 from naas.core.handshake import HandshakeError, InitiatorHandshake, ResponderHandshake
 from naas.core.link_state_sync import LinkStateSync
+from naas.core.loss import SPLIT_HOLD
 from naas.core.membership_sync import MembershipSync
 from naas.core.peer import Address, Peer, PendingHandshake
 from naas.core.session import Session
@@ -105,7 +107,7 @@ class LocalIdentity:
 
 @dataclass(frozen=True, slots=True)
 class NodeEvent:
-    kind: str  # member_learned | member_updated | peer_up | peer_down | session_started
+    kind: str  # member_learned | member_updated | peer_up | peer_down | session_started | superframes_cut
     node_id: int
     name: str
     detail: str = ""
@@ -157,6 +159,8 @@ class NodeCore(DataPath):
         self._max_frame = mtu + ETHERNET_HEADER_LEN + 4  # one VLAN tag allowed
         self._max_single_inner = 1 + self._max_frame  # larger inners travel as FRAGMENTs
         self._piece_size = piece_size_for(mtu)
+        # the pieces of the largest super-frame: what one lost datagram costs (core/loss.py)
+        self._superframe_pieces = -(-one_run_limit(self._piece_size) // self._piece_size)
         self._node_id_bytes = self.node_id.to_bytes(4, "big")
         self._max_mss = mtu - 40
         self._ip_to_node: dict[IPv4Address, int] = {}
@@ -391,6 +395,12 @@ class NodeCore(DataPath):
                     self.link_state.update_local_links(now)
                     # a batched link-up is advertised by the timer: make it come in time
                     self._next_deadline = min(self._next_deadline, now + LINK_STATE_BATCH_INTERVAL)
+        elif isinstance(message, LossReport):
+            adaptation = peer.tx_adaptation
+            if adaptation.report(message.opened, message.lost, self._superframe_pieces, now):
+                loss = 100 * message.lost / (message.opened + message.lost)
+                detail = f"lost={loss:.2f}% for {SPLIT_HOLD:.0f}s"
+                self._events.append(NodeEvent("superframes_cut", peer.node_id, peer.name, detail))
         elif isinstance(message, Members):
             for record in message.members:
                 self._learn_member(record, now, gossip=True, source=peer.node_id)
@@ -507,6 +517,8 @@ class NodeCore(DataPath):
                 peer.next_attempt_at = now + REHANDSHAKE_AFTER_MISSES * PROBE_INTERVAL
             if wanted and session is not None and now >= peer.next_probe_at:
                 self._probe(peer, now)
+            if session is not None:
+                self._report_loss(peer, now)
             up = peer.link_up(now)
             if self._link_was_up.get(peer.node_id, False) != up:
                 self._link_was_up[peer.node_id] = up
@@ -522,6 +534,14 @@ class NodeCore(DataPath):
         link_state_at = self.link_state.timer_fired(now)
         gossip_at = self.membership.timer_fired(now)
         self._next_deadline = max(now + 0.01, min(deadline, gossip_at, link_state_at))
+
+    def _report_loss(self, peer: Peer, now: float) -> None:
+        """Tell ``peer`` how many of its messages were lost, if some were (core/loss.py)."""
+        report = peer.rx_loss.tick(peer.stats.rx_packets, peer.sessions, now)
+        if report is not None:
+            opened, lost = report
+            peer.stats.rx_lost += lost
+            self._send_control(peer, LossReport(opened, lost), now)
 
     def _probe(self, peer: Peer, now: float) -> None:
         """Probe the direct link to ``peer`` (never relayed). A miss makes the next probe
@@ -597,6 +617,8 @@ class NodeCore(DataPath):
                     tx_packets=stats.tx_packets,
                     handshakes=stats.handshakes,
                     session_age_s=round(session.age(now), 1) if session else None,
+                    rx_lost=stats.rx_lost,
+                    superframes_cut=peer.tx_adaptation.cutting(now),
                 )
             )
         return Topology(

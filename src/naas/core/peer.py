@@ -18,6 +18,7 @@ from naas.core.constants import (
     MAX_SESSIONS_PER_PEER,
 )
 from naas.core.handshake import InitiatorHandshake
+from naas.core.loss import ReceiveLoss, SendAdaptation
 from naas.core.session import Session
 from naas.model.certificate import Certificate
 from naas.model.ids import Endpoint
@@ -45,6 +46,7 @@ class LinkStats:
     unanswered: int = 0  # consecutive probes without an answer
     last_rx: float | None = None
     handshakes: int = 0
+    rx_lost: int = 0  # its messages that never arrived, as counted for loss reports
 
 
 @dataclass(slots=True)
@@ -66,6 +68,8 @@ class Peer:
     standing_score: float = 0.0  # core/standing.py: a standing link if below the threshold
     active_until: float = float("-inf")  # frames flowed recently: keep an on-demand link until then
     stats: LinkStats = field(default_factory=LinkStats)
+    rx_loss: ReceiveLoss = field(default_factory=ReceiveLoss)  # what to report to it (core/loss.py)
+    tx_adaptation: SendAdaptation = field(default_factory=SendAdaptation)  # cut super-frames to it?
 
     @property
     def node_id(self) -> int:

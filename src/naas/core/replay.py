@@ -15,6 +15,9 @@ forward and make us drop genuine traffic), the receiver calls ``accept(counter)`
 * otherwise the counter is inside the window: accepted once, rejected when seen again.
 
 So the window remembers exactly the ``WINDOW`` counters ``top - WINDOW + 1 .. top``.
+It also counts, for loss reports (core/loss.py), the counters the top jumped over
+(``skipped``) and those of them accepted afterwards (``late``): ``skipped - late``
+messages have not arrived (yet). Both change only off the in-order path.
 This is the idea of RFC 6479 (and of WireGuard's replay filter): a ring indexed by the
 low bits of the counter, where sliding forward clears the slots the new counters reuse,
 so each check is O(1) and a jump forward costs at most one clear of the ring.
@@ -43,11 +46,13 @@ class ReplayWindow:
     Counters are the unsigned 64-bit values of the wire (never negative).
     """
 
-    __slots__ = ("_seen", "_top")
+    __slots__ = ("_seen", "_top", "late", "skipped")
 
     def __init__(self) -> None:
         self._top = -1  # highest counter accepted so far
         self._seen = bytearray(WINDOW)  # slot counter % WINDOW: 1 if that counter was seen
+        self.skipped = 0  # counters the top jumped over
+        self.late = 0  # counters accepted below the top (reordered, or late pieces)
 
     @property
     def top(self) -> int:
@@ -64,6 +69,7 @@ class ReplayWindow:
                 self._seen[counter & _SLOT_MASK] = 1
             else:
                 self._slide(top, counter)
+                self.skipped += counter - top - 1
             self._top = counter
             return True
         if top - counter >= WINDOW:
@@ -73,6 +79,7 @@ class ReplayWindow:
         if seen[slot]:
             return False
         seen[slot] = 1
+        self.late += 1
         return True
 
     def seen(self, counter: int) -> bool:

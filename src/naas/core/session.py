@@ -34,6 +34,7 @@ class Session:
         "created_at",
         "is_initiator",
         "local_index",
+        "lost_reported",
         "reassembly",
         "remote_index",
         "send_counter",
@@ -57,6 +58,7 @@ class Session:
         self._send = Aead(keys.send_key)
         self._receive = Aead(keys.receive_key)
         self._replay = ReplayWindow()
+        self.lost_reported = 0  # of `lost`, what the node has counted already (core/loss.py)
         self.reassembly: Reassembly | None = None  # made by the node at the first fragment
 
     def age(self, now: float) -> float:
@@ -92,6 +94,11 @@ class Session:
     def open(self, datagram: bytes, counter: int, now: float) -> bytes:
         """The inner payload of a DATA datagram addressed to this session."""
         return self.open_sealed(datagram[DATA_AAD_SLICE], counter, datagram[DATA_HEADER_LEN:], now)
+
+    @property
+    def lost(self) -> int:
+        """Messages of this session that never arrived (so far): counters skipped, not late."""
+        return self._replay.skipped - self._replay.late
 
     def already_opened(self, counter: int) -> bool:
         """A message with this counter was opened, or is too old to be (a late duplicate)."""

@@ -63,6 +63,8 @@ class MemberView:
     tx_packets: int = 0
     handshakes: int = 0
     session_age_s: float | None = None
+    rx_lost: int = 0  # its messages that never arrived (core/loss.py)
+    superframes_cut: bool = False  # super-frames to it are cut into segments: a lossy link
 
     @property
     def path(self) -> str:
@@ -208,6 +210,8 @@ def _member(row: Any, where: str) -> MemberView:
         session_age_s=None
         if row.get("session_age_s") is None
         else _float(row["session_age_s"], f"{where}.session_age_s"),
+        rx_lost=_int(row.get("rx_lost", 0), f"{where}.rx_lost"),
+        superframes_cut=_bool(row.get("superframes_cut", False), f"{where}.superframes_cut"),
     )
 
 

@@ -16,6 +16,9 @@ name). Peers are the members other than the local one.
     naas_peer_rx_packets_total     counter  packets received from the peer
     naas_peer_tx_packets_total     counter  packets sent to the peer
     naas_peer_handshakes_total     counter  handshakes completed with the peer
+    naas_peer_rx_lost_total        counter  messages from the peer that never arrived
+    naas_peer_superframes_cut      gauge    1 while super-frames to the peer are cut into
+                                            segments (a lossy link, core/loss.py), else 0
     naas_peer_rtt_seconds          gauge    smoothed RTT of the direct link (peers with one)
     naas_peer_reachable            gauge    1 if the peer can be reached (direct, relayed
                                             or idle), else 0 (connecting, unreachable);
@@ -48,6 +51,7 @@ _PEER_COUNTERS: tuple[tuple[str, str, Callable[[MemberView], int]], ...] = (
     ("naas_peer_rx_packets", "Packets received from the peer.", lambda m: m.rx_packets),
     ("naas_peer_tx_packets", "Packets sent to the peer.", lambda m: m.tx_packets),
     ("naas_peer_handshakes", "Handshakes completed with the peer.", lambda m: m.handshakes),
+    ("naas_peer_rx_lost", "Messages from the peer that never arrived.", lambda m: m.rx_lost),
 )
 
 
@@ -83,6 +87,15 @@ class _TopologyCollector(Collector):
             if peer.rtt_ms is not None:
                 rtt.add_metric([net, peer.name], peer.rtt_ms / 1000.0)
         yield rtt
+
+        cut = GaugeMetricFamily(
+            "naas_peer_superframes_cut",
+            "1 while super-frames to the peer are cut into segments (a lossy link), else 0.",
+            labels=peer_labels,
+        )
+        for peer in peers:
+            cut.add_metric([net, peer.name], 1.0 if peer.superframes_cut else 0.0)
+        yield cut
 
         reachable = GaugeMetricFamily(
             "naas_peer_reachable",

@@ -1,0 +1,102 @@
+"""Loss-adaptive super-frames: cut TCP super-frames into segments while a link loses datagrams.
+
+Theory of operation
+-------------------
+A TCP super-frame from naas0 travels as *one* sealed message cut into some 46 pieces
+(core/fragments.py). Losing any piece loses the message, so a datagram loss ``p``
+becomes a message loss of ``1 - (1 - p) ** 46``: 4.5 % at p = 0.1 %, 21 % at 0.5 %,
+37 % at 1 %. TCP then loses whole super-frames, and their retransmissions travel as
+super-frames too: through NaaS, one TCP stream fell from 1.8 Gbit/s with no loss to
+0.23 Gbit/s at 0.5 % and 0.035 at 1 % (docs/performance.md, "Loss"). Sealed one
+segment at a time, as a member without offloads sends, the same link carries about
+1 Gbit/s whatever the loss. So the sender chooses, per member, from what the receiver
+tells it.
+
+*The receiver* counts, per member, the messages it opened (``LinkStats.rx_packets``)
+and those that never arrived: the counters its replay windows jumped over and did not
+see later (``Session.lost``). `ReceiveLoss.tick` runs on the node's timer; at most
+every REPORT_INTERVAL, once at least MIN_MESSAGES messages arrived since the last
+report, it yields ``(opened, lost)`` if something was lost; the node sends that as a
+``loss`` control message. A clean link sends nothing.
+
+*The sender* keeps a `SendAdaptation` per member. A report while whole super-frames go
+out measures the message loss itself; a report while they are cut measures the datagram
+loss, from which ``superframe_loss`` predicts the message loss super-frames would see.
+Either at or above SPLIT_ABOVE cuts super-frames to that member for the next SPLIT_HOLD
+seconds (core/datapath.py, ``_offloads_sent``); each such report starts the hold again.
+When the hold runs out, super-frames are tried again, and the next report decides.
+SPLIT_ABOVE sits where the measurements cross: 10 % of super-frames lost (a datagram
+loss near 0.23 %), between 0.2 % (1.5 Gbit/s with super-frames) and 0.5 % (0.23).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from naas.core.session import Session
+
+REPORT_INTERVAL = 1.0  # seconds between two loss reports to one member, at least
+MIN_MESSAGES = 64  # messages opened since the last report before loss is judged
+SPLIT_ABOVE = 0.10  # cut super-frames once this share of them would be lost
+SPLIT_HOLD = 10.0  # seconds super-frames stay cut after a report that asked for it
+
+
+def superframe_loss(datagram_loss: float, pieces: int) -> float:
+    """The share of messages of ``pieces`` datagrams lost when each is lost with ``datagram_loss``."""
+    return 1.0 - (1.0 - min(max(datagram_loss, 0.0), 1.0)) ** pieces
+
+
+class ReceiveLoss:
+    """The receiving side: what to report to one member (module docstring)."""
+
+    __slots__ = ("_opened_at_report", "_report_at")
+
+    def __init__(self) -> None:
+        self._opened_at_report = 0  # LinkStats.rx_packets when the last count started
+        self._report_at = 0.0
+
+    def tick(self, opened_total: int, sessions: Iterable[Session], now: float) -> tuple[int, int] | None:
+        """``(opened, lost)`` since the last report when it is time to report some loss.
+
+        ``opened_total`` is the member's cumulative count of opened messages; the
+        sessions' unreported losses are taken (``Session.lost_reported`` moves on)."""
+        if now < self._report_at:
+            return None
+        opened = opened_total - self._opened_at_report
+        if opened < MIN_MESSAGES:
+            return None
+        lost = 0
+        for session in sessions:
+            session_lost = session.lost
+            lost += max(session_lost - session.lost_reported, 0)
+            session.lost_reported = session_lost
+        self._opened_at_report = opened_total
+        self._report_at = now + REPORT_INTERVAL
+        return (opened, lost) if lost else None
+
+
+class SendAdaptation:
+    """The sending side: whether super-frames to one member are cut (module docstring)."""
+
+    __slots__ = ("cut_until", "splits")
+
+    def __init__(self) -> None:
+        self.cut_until = float("-inf")  # super-frames are cut into segments until then
+        self.splits = 0  # reports that started a hold (for status)
+
+    def cutting(self, now: float) -> bool:
+        return now < self.cut_until
+
+    def report(self, opened: int, lost: int, pieces: int, now: float) -> bool:
+        """Apply a receiver's report; True if it starts cutting (it was not)."""
+        if opened + lost <= 0:
+            return False
+        loss = lost / (opened + lost)
+        was_cutting = self.cutting(now)
+        predicted = superframe_loss(loss, pieces) if was_cutting else loss
+        if predicted < SPLIT_ABOVE:
+            return False
+        self.cut_until = now + SPLIT_HOLD
+        if not was_cutting:
+            self.splits += 1
+        return not was_cutting

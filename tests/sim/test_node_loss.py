@@ -1,0 +1,59 @@
+"""Loss-adaptive super-frames across the mesh (core/loss.py): on a lossy link the
+receiver reports the messages it never got, the sender cuts its super-frames into
+segments sealed one by one, and sends them whole again once the link is clean.
+Pure NodeCores wired by tests/helpers.py with seeded per-datagram loss."""
+
+from __future__ import annotations
+
+from test_node_offload import build_pair, super_frame
+
+from helpers import SimNet
+from naas.core.loss import SPLIT_HOLD
+from naas.core.node import NodeCore
+from naas.core.offload import PLAIN_VNET_HDR, software_segments
+from naas.core.wire import TYPE_DATA, TYPE_FRAGMENT
+
+
+def stream(net: SimNet, alpha: NodeCore, beta: NodeCore, seconds: float, every: float = 0.01) -> None:
+    """Alpha's naas0 hands over a super-frame for beta every ``every`` seconds."""
+    end = net.now + seconds
+    while net.now < end:
+        vnet, frame = super_frame(beta, alpha)
+        alpha.tap_frames_received([vnet + frame], net.now)
+        net.run(every)
+
+
+def test_lossy_link_cuts_super_frames_into_segments_then_sends_them_whole_again() -> None:
+    net, alpha, beta = build_pair()
+    adaptation = alpha.peers[beta.node_id].tx_adaptation
+    net.loss = 0.02  # 2 % of datagrams: some 60 % of 46-piece messages
+    stream(net, alpha, beta, 3.0)
+    assert beta.peers[alpha.node_id].stats.rx_lost > 0
+    assert adaptation.cutting(net.now)
+    assert adaptation.splits == 1
+
+    net.loss = 0.0
+    vnet, frame = super_frame(beta, alpha)
+    segments = software_segments(vnet, frame)
+    alpha.tap_frames_received([vnet + frame], net.now)
+    assert alpha.take_runs() == [], "no FRAGMENT run while cutting"
+    datagrams = alpha.take_datagrams()
+    assert [datagram[0] for datagram, _ in datagrams] == [TYPE_DATA] * len(segments)
+    beta.datagrams_received([(datagram, net.address_of("alpha")) for datagram, _ in datagrams], net.now)
+    assert [bytes(written) for written in beta.take_frames()] == [PLAIN_VNET_HDR + s for s in segments]
+
+    stream(net, alpha, beta, SPLIT_HOLD + 1.0, every=0.1)  # a clean link: no report extends the hold
+    assert not adaptation.cutting(net.now)
+    alpha.tap_frames_received([vnet + frame], net.now)
+    runs = alpha.take_runs()
+    assert len(runs) == 1 and runs[0][0][0] == TYPE_FRAGMENT
+    assert alpha.take_datagrams() == []
+    assert adaptation.splits == 1
+
+
+def test_clean_link_reports_nothing_and_keeps_super_frames_whole() -> None:
+    net, alpha, beta = build_pair()
+    stream(net, alpha, beta, 3.0)
+    assert beta.peers[alpha.node_id].stats.rx_lost == 0
+    assert alpha.peers[beta.node_id].tx_adaptation.splits == 0
+    assert sum(beta.drops.values()) == 0, beta.drops
