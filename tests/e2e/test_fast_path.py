@@ -162,3 +162,37 @@ def test_bulk_transfer_arrives_intact(
         drops = story.status(host)["drops"]
         assert drops.get("bad_offload", 0) == 0
         assert drops.get("decrypt_failed", 0) == 0
+
+
+LOSSY_TABLE = "naas_test_loss"
+MESH_PORT = 5640  # as naas.lab.story writes the config
+
+
+@requires_root
+def test_lossy_underlay_cuts_super_frames_and_the_bytes_still_arrive(story: Story) -> None:
+    """2 % of the datagrams reaching beta are dropped, one by one: alpha's eth0 segments
+    its GSO runs (gso_max_segs 1), and an nftables rule at beta's eth0 drops at random.
+    Beta reports the loss, alpha cuts its super-frames into segments, and the transfer
+    completes intact (sealed whole, 2 % of datagrams would lose ~60 % of super-frames)."""
+    restart_agent(story, "alpha", True)
+    restart_agent(story, "beta", True)
+    wait_direct(story, "alpha", "beta")
+    alpha, beta = story.lab.host("alpha"), story.lab.host("beta")
+    drop = (
+        f"add table netdev {LOSSY_TABLE}\n"
+        f"add chain netdev {LOSSY_TABLE} in {{ type filter hook ingress device eth0 priority 0 ; }}\n"
+        f"add rule netdev {LOSSY_TABLE} in udp dport {MESH_PORT} numgen random mod 100 < 2 drop\n"
+    )
+    story._checked("gso_max_segs", alpha.run(["ip", "link", "set", "dev", "eth0", "gso_max_segs", "1"]))
+    try:
+        story._checked("nft loss", beta.run(["nft", "-f", "-"], input=drop))
+        sent, received, _ = transfer(story, 50, frame_limit=65535)
+        to_beta = {peer["name"]: peer for peer in story.status("alpha")["peers"]}["beta"]
+        from_alpha = {peer["name"]: peer for peer in story.status("beta")["peers"]}["alpha"]
+    finally:
+        beta.run(["nft", "delete", "table", "netdev", LOSSY_TABLE])
+        alpha.run(["ip", "link", "set", "dev", "eth0", "gso_max_segs", "65535"])
+    assert received == sent, "the bytes that arrived differ from the bytes sent"
+    assert from_alpha["rx_lost"] > 0, "beta counted no lost messages"
+    assert to_beta["superframes_cut"] is True, "alpha still seals whole super-frames into a lossy link"
+    assert story.status("beta")["drops"].get("decrypt_failed", 0) == 0
