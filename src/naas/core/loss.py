@@ -8,8 +8,8 @@ becomes a message loss of ``1 - (1 - p) ** 46``: 4.5 % at p = 0.1 %, 21 % at 0.5
 37 % at 1 %. TCP then loses whole super-frames, and their retransmissions travel as
 super-frames too: through NaaS, one TCP stream fell from 1.8 Gbit/s with no loss to
 0.23 Gbit/s at 0.5 % and 0.035 at 1 % (docs/performance.md, "Loss"). Sealed one
-segment at a time, as a member without offloads sends, the same link carries about
-1 Gbit/s whatever the loss. So the sender chooses, per member, from what the receiver
+segment at a time, as a member without offloads sends, the same link carried 0.7-0.9
+Gbit/s at 1 %. So the sender chooses, per member, from what the receiver
 tells it.
 
 *The receiver* counts, per member, the messages it opened (``LinkStats.rx_packets``)
@@ -82,7 +82,7 @@ class SendAdaptation:
 
     def __init__(self) -> None:
         self.cut_until = float("-inf")  # super-frames are cut into segments until then
-        self.splits = 0  # reports that started a hold (for status)
+        self.splits = 0  # reports that started cutting: one `superframes_cut` event each
 
     def cutting(self, now: float) -> bool:
         return now < self.cut_until
