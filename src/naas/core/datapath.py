@@ -157,12 +157,26 @@ class DataPath:
 
     # -- inside: frames from naas0 ---------------------------------------------------------
 
-    def tap_frames_received(self, frames: Iterable[bytes], now: float) -> None:
-        if self.tap_offload:
-            frames = self._offloads_sent(frames, now)
-        lookup = self.mac_table.lookup
+    def tap_frames_received(self, reads: Iterable[bytes], now: float) -> None:
+        self._switch(reads, now, self.tap_offload)
+
+    def _switch(self, reads: Iterable[bytes], now: float, vnet: bool) -> None:
+        """Frames from naas0 to the members they are for; ``vnet``: each read starts with a
+        virtio-net header. The common case, a small frame for a member, stays in this loop:
+        each extra call costs microseconds when the CPU comes back cold (docs/performance.md)."""
+        learned = self.mac_table.lookup
         peers = self.peers
-        for frame in frames:
+        for frame in reads:
+            if vnet:
+                if len(frame) < _MIN_VNET_READ:
+                    self.drops[DropReason.BAD_FRAME] += 1
+                    continue
+                if frame[0] & VNET_NEEDS_CSUM or frame[1]:  # a checksum to do, or a super-frame
+                    plain = self._offload_read(frame, now)
+                    if plain:
+                        self._switch(plain, now, vnet=False)
+                    continue
+                frame = frame[VNET_HDR_LEN:]
             if len(frame) < ETHERNET_HEADER_LEN:
                 self.drops[DropReason.BAD_FRAME] += 1
                 continue
@@ -182,7 +196,10 @@ class DataPath:
             if multicast:
                 self._flood(inner, now)
                 continue
-            node = lookup(frame[:6], now)
+            if frame[:2] == MAC_PREFIX:  # a member's MAC holds its node id (model/ids.py)
+                node = int.from_bytes(frame[2:6], "big") or None
+            else:
+                node = learned(frame[:6], now)
             if node is None:
                 self._flood(inner, now)
             elif node != self.node_id:
@@ -193,49 +210,40 @@ class DataPath:
                     self._activate(peer, now)
                     self._send_inner(peer, inner, now)
 
-    def _offloads_sent(self, reads: Iterable[bytes], now: float) -> list[bytes]:
-        """Reads of a TAP with offloads: those with work left (a checksum, a TCP super-frame)
-        go as they are, as OFFLOAD_FRAMEs, to the one member they are for; the receiver's
-        kernel or `software_segments` finishes them. Plain frames come back, to be switched."""
-        plain: list[bytes] = []
-        for data in reads:
-            if len(data) < _MIN_VNET_READ:
-                self.drops[DropReason.BAD_FRAME] += 1
-                continue
-            if not (data[0] & VNET_NEEDS_CSUM or data[1]):  # no checksum to do, not a super-frame
-                plain.append(data[VNET_HDR_LEN:])
-                continue
-            try:
-                _, gso_type, _, _, csum_start, csum_offset = check_vnet_untrusted(
-                    data[:VNET_HDR_LEN], len(data) - VNET_HDR_LEN
-                )
-                if not gso_type and (len(data) >= self._max_single_inner or data[VNET_HDR_LEN] & 1):
-                    # a full-size segment or a multicast: finish the checksum, send it plainly
-                    plain.append(complete_checksum(data[VNET_HDR_LEN:], csum_start, csum_offset))
-                    continue
-                node = self.mac_table.lookup(data[VNET_HDR_LEN : VNET_HDR_LEN + 6], now)
-                if node is None:  # not learnt yet: flood ordinary frames
-                    plain += software_segments(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:])
-                    continue
-                peer = self.peers.get(node)
-                if peer is None:
-                    if node != self.node_id:
-                        self.drops[DropReason.NO_ROUTE] += 1
-                    continue
-                if gso_type and peer.tx_adaptation.cutting(now):  # a lossy link (core/loss.py)
-                    plain += software_segments(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:])
-                    continue
-            except BadPacket as exc:
-                self.drops[exc.reason] += 1
-                continue
-            if not gso_type and data[22:24] == _ETHERTYPE_IPV4 and data[33] == 6:  # a TCP SYN?
-                frame = data[VNET_HDR_LEN:]
-                clamped = clamp_tcp_mss(frame, self._max_mss, checksum_partial=True)
-                if clamped is not frame:
-                    data = data[:VNET_HDR_LEN] + clamped
-            self._activate(peer, now)
-            self._send_inner(peer, _OFFLOAD_FRAME + data, now)
-        return plain
+    def _offload_read(self, data: bytes, now: float) -> list[bytes]:
+        """A read with work left (a checksum, a TCP super-frame) goes as it is, as an
+        OFFLOAD_FRAME, to the one member it is for; the receiver's kernel or
+        `software_segments` finishes it. Returns the plain frames to switch instead: the
+        frame with its checksum done (full-size or multicast), or its segments (a MAC not
+        learnt yet, a lossy link)."""
+        try:
+            _, gso_type, _, _, csum_start, csum_offset = check_vnet_untrusted(
+                data[:VNET_HDR_LEN], len(data) - VNET_HDR_LEN
+            )
+            if not gso_type and (len(data) >= self._max_single_inner or data[VNET_HDR_LEN] & 1):
+                # a full-size segment or a multicast: finish the checksum, send it plainly
+                return [complete_checksum(data[VNET_HDR_LEN:], csum_start, csum_offset)]
+            node = self.mac_table.lookup(data[VNET_HDR_LEN : VNET_HDR_LEN + 6], now)
+            if node is None:  # not learnt yet: flood ordinary frames
+                return software_segments(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:])
+            peer = self.peers.get(node)
+            if peer is None:
+                if node != self.node_id:
+                    self.drops[DropReason.NO_ROUTE] += 1
+                return []
+            if gso_type and peer.tx_adaptation.cutting(now):  # a lossy link (core/loss.py)
+                return software_segments(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:])
+        except BadPacket as exc:
+            self.drops[exc.reason] += 1
+            return []
+        if not gso_type and data[22:24] == _ETHERTYPE_IPV4 and data[33] == 6:  # a TCP SYN?
+            frame = data[VNET_HDR_LEN:]
+            clamped = clamp_tcp_mss(frame, self._max_mss, checksum_partial=True)
+            if clamped is not frame:
+                data = data[:VNET_HDR_LEN] + clamped
+        self._activate(peer, now)
+        self._send_inner(peer, _OFFLOAD_FRAME + data, now)
+        return []
 
     def _local_frame(self, frame: bytes) -> bytes:
         """A frame for naas0, with the virtio header it expects when offloads are on."""

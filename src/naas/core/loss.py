@@ -23,7 +23,7 @@ report, it yields ``(opened, lost)`` if something was lost; the node sends that 
 out measures the message loss itself; a report while they are cut measures the datagram
 loss, from which ``superframe_loss`` predicts the message loss super-frames would see.
 Either at or above SPLIT_ABOVE cuts super-frames to that member for the next SPLIT_HOLD
-seconds (core/datapath.py, ``_offloads_sent``); each such report starts the hold again.
+seconds (core/datapath.py, ``_offload_read``); each such report starts the hold again.
 When the hold runs out, super-frames are tried again, and the next report decides.
 SPLIT_ABOVE sits where the measurements cross: 10 % of super-frames lost (a datagram
 loss near 0.23 %), between 0.2 % (1.5 Gbit/s with super-frames) and 0.5 % (0.23).
