@@ -171,15 +171,6 @@ def test_round_trip(sizes: tuple[int, int]) -> None:
     assert crypto.Aead(initiator_keys.receive_key).open(0, to_initiator, b"") == b"reply"
 
 
-def test_aead_warm_up_really_seals_and_opens() -> None:
-    """The agent's poll runs this to keep AES-GCM warm: a real round trip, under its own key."""
-    warm_up = crypto.AeadWarmUp(bytes(range(32)))
-    assert warm_up() == bytes(100)
-    assert warm_up() == bytes(100), "repeatable: nothing in it changes between calls"
-    with pytest.raises(ValueError):
-        crypto.AeadWarmUp(b"too short")
-
-
 def test_responder_learns_initiator_static_key() -> None:
     init_static, resp_static, init_eph, _ = _keys(3)
     initiator = InitiatorHandshake(

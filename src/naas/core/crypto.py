@@ -122,25 +122,6 @@ class Aead:
             raise AuthenticationError("AEAD tag mismatch") from None
 
 
-class AeadWarmUp:
-    """One seal and one open of a ping-sized message under a private key, to keep the AEAD's
-    code and tables in the CPU's caches between sparse frames (docs/performance.md, "Idle
-    latency"). The key is random, used for nothing else, and every result is discarded,
-    so the fixed nonce is never reused for anything that leaves the process."""
-
-    __slots__ = ("_aad", "_aead", "_message")
-
-    def __init__(self, key: bytes) -> None:
-        self._aead = Aead(key)
-        self._message = bytes(100)  # a ping frame's size
-        self._aad = bytes(22)  # a DATA header's authenticated part
-
-    def __call__(self) -> bytes:
-        """Seal, then open: returns the message (so a test can check the round trip)."""
-        aead, aad = self._aead, self._aad
-        return aead.open(0, aead.seal(0, self._message, aad), aad)
-
-
 # -- certificates -------------------------------------------------------------------------
 
 

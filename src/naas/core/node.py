@@ -65,10 +65,10 @@ from naas.core.control_messages import (
     ProbeAck,
     encode_control,
 )
-from naas.core.crypto import certificate_problem
-from naas.core.datapath import DataPath
+from naas.core.crypto import KEY_LEN, certificate_problem
+from naas.core.datapath import LOOPBACK, DataPath, warm_up_frame
 from naas.core.fragments import one_run_limit, piece_size_for
-from naas.core.handshake import HandshakeError, InitiatorHandshake, ResponderHandshake
+from naas.core.handshake import HandshakeError, InitiatorHandshake, ResponderHandshake, TransportKeys
 from naas.core.link_state_sync import LinkStateSync
 from naas.core.loss import SPLIT_HOLD
 from naas.core.membership_sync import MembershipSync
@@ -201,6 +201,19 @@ class NodeCore(DataPath):
             )
         for record in members:
             self._learn_member(record, now, gossip=False)
+        self._loopback = self._loopback_session(now)
+
+    def _loopback_session(self, now: float) -> tuple[Peer, Session, bytes]:
+        """A session of this node with itself, under a random key that never leaves it, for
+        `warm_up` (core/datapath.py). Its index stays taken so no real session gets it."""
+        key = self._random(KEY_LEN)
+        keys = TransportKeys(send_key=key, receive_key=key, handshake_hash=b"")
+        index = self._new_index()
+        session = Session(keys, local_index=index, remote_index=index, is_initiator=True, now=now)
+        peer = Peer(self.identity.certificate, current_endpoint=LOOPBACK, direct_up=True)
+        peer.sessions.append(session)
+        self._by_index[index] = (peer, session)
+        return peer, session, warm_up_frame(self.mac)
 
     # -- effects --------------------------------------------------------------------------
 

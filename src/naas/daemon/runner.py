@@ -29,9 +29,10 @@ at naas0 and the socket every ``poll_interval`` (2 ms by default,
 ``--poll-ms``; 0 turns it off). Each look is two reads that usually find nothing; it
 keeps the path warm for the next frame of a sparse flow (a ping, a request/response),
 costs ~1-2% of a core while traffic flows and nothing once the agent is idle. Each
-poll also seals and opens a message under a private key (``AeadWarmUp``): AES-GCM's
-first call after a pause is the slowest step of a cold frame, and keeping it warm
-cuts the idle RTT further (docs/performance.md, "Polling while frames flow").
+poll also runs a frame through the core's sealing and opening code on a private
+loopback session (``NodeCore.warm_up``): that code and AES-GCM's are what a frame after
+a pause finds cold, and keeping them warm cuts the idle RTT further
+(docs/performance.md, "Polling while frames flow").
 
 The member cache (members.json) is rewritten when membership changes, at most every
 few seconds, so a restart works with every PoP down.
@@ -47,7 +48,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from naas.core.crypto import KEY_LEN, AeadWarmUp
 from naas.core.fragments import gso_max_size_for
 from naas.core.node import NodeCore, NodeEvent
 from naas.core.topology import Topology
@@ -91,7 +91,6 @@ class Agent:
         self.poll_interval = poll_interval  # 0: no polling
         self.polls = 0  # polls made, for status
         self._poll: asyncio.TimerHandle | None = None  # armed while traffic flows
-        self._warm_up = AeadWarmUp(os.urandom(KEY_LEN))  # run by each poll
         self._traffic_at = 0.0  # loop time of the last frame through naas0
         self.metrics_address = metrics  # (host, port) of the opt-in Prometheus port
         self._metrics: Any = None  # aiohttp AppRunner while serving
@@ -253,7 +252,8 @@ class Agent:
         self.polls += 1
         self._tap_readable()
         self._udp_readable()
-        self._warm_up()
+        assert self.core is not None
+        self.core.warm_up(self._now())
         if self._poll is None:  # (either read found traffic and armed it already)
             assert self._loop is not None
             self._poll = self._loop.call_later(self.poll_interval, self._poll_fired)
