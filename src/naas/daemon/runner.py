@@ -28,11 +28,11 @@ naas0 (the mesh's own keepalives and probes do not count), a second timer also l
 at naas0 and the socket every ``poll_interval`` (2 ms by default,
 ``--poll-ms``; 0 turns it off). Each look is two reads that usually find nothing; it
 keeps the path warm for the next frame of a sparse flow (a ping, a request/response),
-costs ~1-2% of a core while traffic flows and nothing once the agent is idle. Each
-poll also runs a frame through the core's sealing and opening code on a private
-loopback session (``NodeCore.warm_up``): that code and AES-GCM's are what a frame after
-a pause finds cold, and keeping them warm cuts the idle RTT further
-(docs/performance.md, "Polling while frames flow").
+costs ~1-2% of a core while traffic flows and nothing once the agent is idle. A poll
+that finds nothing also runs a frame through the core's sealing and opening code on a
+private loopback session (``NodeCore.warm_up``): that code and AES-GCM's are what a
+frame after a pause finds cold, and keeping them warm cuts the idle RTT further
+(docs/performance.md, "Warming the path up").
 
 The member cache (members.json) is rewritten when membership changes, at most every
 few seconds, so a restart works with every PoP down.
@@ -252,10 +252,9 @@ class Agent:
         self.polls += 1
         self._tap_readable()
         self._udp_readable()
-        assert self.core is not None
-        self.core.warm_up(self._now())
-        if self._poll is None:  # (either read found traffic and armed it already)
-            assert self._loop is not None
+        if self._poll is None:  # found nothing (a read that finds traffic arms the next poll)
+            assert self.core is not None and self._loop is not None
+            self.core.warm_up(self._now())  # the path is cold only when nothing went through
             self._poll = self._loop.call_later(self.poll_interval, self._poll_fired)
 
     def _now(self) -> float:
