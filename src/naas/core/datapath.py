@@ -45,6 +45,11 @@ Outside -> inside (``datagrams_received``, and ``runs_received`` for UDP GRO run
    NodeCore) or a keepalive. Authenticated traffic straight from an address makes it
    the member's endpoint (roaming), and its first message confirms a new session.
 
+Keeping warm (``warm_up``): between sparse frames the driver runs a frame through
+``_send_inner`` and ``runs_received`` on a session the node holds with itself, so the
+next real frame finds this code and AES-GCM's in the CPU's caches. Nothing of it leaves
+the node or touches a member's state.
+
 Malformed or unauthenticated input raises BadPacket inside; the input methods count
 its DropReason in ``drops`` and go on with the next datagram or frame.
 """
