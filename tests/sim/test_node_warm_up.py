@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from naas.core.constants import REJECT_AFTER_TIME
+from naas.core.constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME
 from naas.core.node import NodeCore
 from naas.core.wire import DEFAULT_HOP_LIMIT, SEALED_HEADER, TYPE_DATA, DropReason
 from sim.test_node_offload import build_pair
@@ -68,6 +68,17 @@ def test_loopback_session_never_expires() -> None:
     later = net.now + 3 * REJECT_AFTER_TIME
     assert alpha.warm_up(later), "still sealed and opened long after any real session's lifetime"
     assert alpha.drops == {}
+
+
+def test_a_loopback_that_cannot_send_fails_quietly() -> None:
+    """Should the loopback session ever be unusable, the warm-up says so and nothing else happens."""
+    net, alpha, _ = build_pair()
+    alpha.take_datagrams()
+    alpha._loopback[1].send_counter = REJECT_AFTER_MESSAGES
+    before = visible_state(alpha)
+    assert not alpha.warm_up(net.now)
+    assert alpha.take_datagrams() == [] and alpha.take_frames() == []
+    assert visible_state(alpha) == before
 
 
 def test_datagram_from_the_network_naming_the_loopback_session_is_dropped() -> None:

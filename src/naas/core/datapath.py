@@ -500,12 +500,14 @@ class DataPath:
         """
         peer, session, frame = self._loopback
         session.created_at = now  # it never expires
-        frames = self._frames_out
-        waiting = len(frames)
+        datagrams, frames = self._datagrams_out, self._frames_out
+        sent, written = len(datagrams), len(frames)
         self._send_inner(peer, _FRAME + frame, now)
-        datagram, address = self._datagrams_out.pop()
+        if len(datagrams) == sent:
+            return False  # not sealed (the session cannot send): nothing to open
+        datagram, address = datagrams.pop()
         self.runs_received(((datagram, address, len(datagram)),), now)
-        return len(frames) > waiting and frames.pop() == self._local_frame(frame)
+        return len(frames) > written and frames.pop() == self._local_frame(frame)
 
     # -- sending, and where to ----------------------------------------------------------------
 
