@@ -27,12 +27,12 @@ latency"). So for ``POLL_LINGER`` seconds after the last frame read from or writ
 naas0 (the mesh's own keepalives and probes do not count), a second timer also looks
 at naas0 and the socket every ``poll_interval`` (2 ms by default,
 ``--poll-ms``; 0 turns it off). Each look is two reads that usually find nothing; it
-keeps the path warm for the next frame of a sparse flow (a ping, a request/response),
-costs ~1-2% of a core while traffic flows and nothing once the agent is idle. A poll
-that finds nothing also runs a frame through the core's sealing and opening code on a
-private loopback session (``NodeCore.warm_up``): that code and AES-GCM's are what a
-frame after a pause finds cold, and keeping them warm cuts the idle RTT further
-(docs/performance.md, "Warming the path up").
+keeps the path warm for the next frame of a sparse flow (a ping, a request/response).
+A poll that finds nothing also runs a frame through the core's sealing and opening
+code on a private loopback session (``NodeCore.warm_up``): that code and AES-GCM's are
+what a frame after a pause finds cold, and keeping them warm cuts the idle RTT further
+(docs/performance.md, "Warming the path up"). Together they cost ~3-4% of a core while
+traffic flows and nothing once the agent is idle.
 
 The member cache (members.json) is rewritten when membership changes, at most every
 few seconds, so a restart works with every PoP down.
