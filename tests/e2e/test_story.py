@@ -184,8 +184,14 @@ def test_agent_polls_while_frames_flow_and_stops_when_idle(enrolled_story: Story
             quiet = before
             break
     assert quiet is not None, "the agent kept polling with no traffic on naas0"
+    before = story.status("desktop")["agent"]
     assert story.ping("aws-web-1", story.overlay_ip("desktop"), count=5) is not None
     assert polls() - quiet >= 50, "five pings over 0.8 s: polls every 2 ms in between"
+    after = story.status("desktop")["agent"]
+    assert after["warm_ups"] - before["warm_ups"] >= 40, "polls that found nothing warmed the path up"
+    assert after["warm_ups_failed"] == 0
+    for lane in ("express_received", "express_sent"):  # the requests in, the replies out
+        assert after[lane] - before[lane] >= 4, f"{lane}: pings on an active link take the express lane"
 
 
 def test_naas_drawing_writes_a_png_of_the_mesh(enrolled_story: Story, tmp_path: Path) -> None:

@@ -45,6 +45,12 @@ Outside -> inside (``datagrams_received``, and ``runs_received`` for UDP GRO run
    NodeCore) or a keepalive. Authenticated traffic straight from an address makes it
    the member's endpoint (roaming), and its first message confirms a new session.
 
+The express lane (``express_send``, ``express_receive``): the driver offers the first
+read of each wake-up to one of these first. The common frame of a sparse flow - a small
+unicast frame to or from a member on an active direct link with a confirmed session -
+is sealed or opened in one function, with the very effects the steps above would have;
+anything else is declined with nothing changed and takes the steps above.
+
 Keeping warm (``warm_up``): between sparse frames the driver runs a frame through
 ``_send_inner`` and ``runs_received`` on a session the node holds with itself, so the
 next real frame finds this code and AES-GCM's in the CPU's caches. Nothing of it leaves
@@ -107,6 +113,7 @@ _OFFLOAD_FRAME = bytes((INNER_OFFLOAD_FRAME,))
 _MIN_VNET_READ = VNET_HDR_LEN + ETHERNET_HEADER_LEN
 _ETHERTYPE_ARP = b"\x08\x06"
 _ETHERTYPE_IPV4 = b"\x08\x00"
+_EXPRESS_OUTER = bytes((TYPE_DATA, DEFAULT_HOP_LIMIT, 0, 0))  # a DATA datagram sent straight to us, no flags
 LOOPBACK: Address = ("loopback", 0)  # where warm_up's datagram "goes": never a socket
 
 
@@ -453,6 +460,11 @@ class DataPath:
             self._endpoint_confirmed(peer, address, now)
         if not was_confirmed:
             self._session_ready(peer, now)
+        self._inner_received(peer, inner, address, relayed, now)
+
+    def _inner_received(self, peer: Peer, inner: bytes, address: Address, relayed: bool, now: float) -> None:
+        """What an opened message holds, from ``peer``: a frame, an OFFLOAD_FRAME, a
+        control message or a keepalive."""
         if not inner:
             raise BadPacket(DropReason.BAD_INNER, "empty")
         kind = inner[0]
@@ -484,6 +496,103 @@ class DataPath:
             self._control_received(peer, decode_control_untrusted(inner[1:]), reply_to, now)
         elif kind != INNER_KEEPALIVE:
             raise BadPacket(DropReason.BAD_INNER, str(kind))
+
+    # -- the express lane: one small frame of a sparse flow --------------------------------
+
+    def express_send(self, read: bytes, now: float) -> tuple[bytes, Address] | None:
+        """`tap_frames_received` for a single naas0 read, in one step, when it is the
+        common case of a sparse flow: a small plain unicast frame for a member whose
+        link is direct and active, with a confirmed session to send on. Returns the
+        datagram and where it goes, with the same counters changed as the general path
+        would change; None, with nothing changed, for anything else (then the read goes
+        to `tap_frames_received`).
+
+        Why: a ping or a request after a pause finds the CPU cold, and every Python call
+        on the way costs microseconds then (docs/performance.md, "The express lane").
+        Nothing the general path would do is skipped: whatever needs more than sealing
+        (ARP, DHCP, multicast, a MAC not a member's, a link to start, a relay, a
+        fragment) is left to it. Nothing here needs the driver's timer or log either.
+        """
+        if self.tap_offload:
+            if len(read) < _MIN_VNET_READ or read[0] & VNET_NEEDS_CSUM or read[1]:
+                return None
+            frame = read[VNET_HDR_LEN:]
+        else:
+            frame = read
+        if (
+            len(frame) < ETHERNET_HEADER_LEN
+            or len(frame) > self._max_frame
+            or len(frame) >= self._max_single_inner  # one datagram, no FRAGMENTs
+            or frame[:2] != MAC_PREFIX  # unicast to a member (a member's MAC holds its node id)
+            or frame[12:14] == _ETHERTYPE_ARP
+        ):
+            return None
+        peer = self.peers.get(int.from_bytes(frame[2:6], "big"))
+        if peer is None or peer.active_until < now or not peer.direct_up or peer.relayed_via is not None:
+            return None
+        address = peer.current_endpoint
+        sessions = peer.sessions
+        session = sessions[0] if sessions else None
+        if address is None or session is None or not session.confirmed or not session.usable(now):
+            return None
+        if frame[12:14] == _ETHERTYPE_IPV4 and frame[23] == 6:
+            frame = clamp_tcp_mss(frame, self._max_mss)
+        self._activate(peer, now)
+        datagram = session.seal(peer.certificate.node_id, self.node_id, DEFAULT_HOP_LIMIT, _FRAME + frame)
+        stats = peer.stats
+        stats.tx_packets += 1
+        stats.tx_bytes += len(datagram)
+        return datagram, address
+
+    def express_receive(self, datagram: bytes, address: Address, now: float) -> bytes | memoryview | None:
+        """`datagrams_received` for a single datagram, in one step, when it is the common
+        case: a DATA datagram straight from a member's current endpoint, on a confirmed
+        session, for a link that is active. Returns what to write into naas0: a frame,
+        or an empty bytes when there is nothing to write now (a drop, counted in
+        ``drops``, or a message that is not a plain frame, handled as the general path
+        would and left for `take_frames` and the other ``take_`` methods); None, with
+        nothing changed, for anything else (then the datagram goes to
+        `datagrams_received`)."""
+        if (
+            len(datagram) < DATA_HEADER_LEN
+            or datagram[:4] != _EXPRESS_OUTER
+            or datagram[4:8] != self._node_id_bytes
+        ):
+            return None
+        receiver_index, counter = DATA_HEAD.unpack_from(datagram, OUTER.size)
+        entry = self._by_index.get(receiver_index)
+        if entry is None:
+            return None
+        peer, session = entry
+        if (
+            address != peer.current_endpoint
+            or int.from_bytes(datagram[8:12], "big") != peer.certificate.node_id
+            or not session.confirmed
+            or peer.active_until < now
+        ):
+            return None
+        try:
+            inner = session.open_sealed(datagram[DATA_AAD_SLICE], counter, datagram[DATA_HEADER_LEN:], now)
+        except BadPacket as exc:
+            self.drops[exc.reason] += 1
+            return b""
+        stats = peer.stats
+        stats.rx_packets += 1
+        stats.rx_bytes += len(datagram)
+        stats.last_rx = now
+        if (
+            inner[:1] == _FRAME
+            and len(inner) > ETHERNET_HEADER_LEN
+            and inner[7:9] == MAC_PREFIX
+            and not inner[1] & 1
+        ):
+            self._activate(peer, now)  # unicast from a member (its MAC is not learnt: it says where it is)
+            return PLAIN_VNET_HDR + memoryview(inner)[1:] if self.tap_offload else inner[1:]
+        try:
+            self._inner_received(peer, inner, address, False, now)
+        except BadPacket as exc:
+            self.drops[exc.reason] += 1
+        return b""
 
     # -- keeping the path warm ------------------------------------------------------------
 

@@ -13,6 +13,12 @@ daemon/udp.py); the core is told which naas0 has. One timer, re-armed to
 ``NodeCore.next_deadline()``, runs handshake retransmission, rekeying and probes.
 Nothing here decides anything about the protocol; it only moves bytes and time.
 
+The express lane. The first read of each wake-up is offered to
+``NodeCore.express_send`` (from naas0) or ``express_receive`` (from the socket) before
+the rest is read: the common frame of a sparse flow (a ping, a request) is sealed and
+sent, or opened and written, in one step, with no batch around it; anything else is
+declined untouched and joins the batch (docs/performance.md, "The express lane").
+
 Turns. One wake-up handles at most BATCH reads and BATCH_BYTES bytes per direction,
 then the loop looks at the other descriptor. With offloads a read can be a 64 KiB
 super-frame or GRO run, so a count alone would let one turn seal or open 4 MiB (some
@@ -90,6 +96,8 @@ class Agent:
         self.offload = offload  # ask for TSO/checksum offload on naas0 and UDP GSO/GRO
         self.poll_interval = poll_interval  # 0: no polling
         self.polls = 0  # polls made, for status
+        self.warm_ups = self.warm_ups_failed = 0  # NodeCore.warm_up calls made, and failed
+        self.express_sent = self.express_received = 0  # frames through the express lane
         self._poll: asyncio.TimerHandle | None = None  # armed while traffic flows
         self._traffic_at = 0.0  # loop time of the last frame through naas0
         self.metrics_address = metrics  # (host, port) of the opt-in Prometheus port
@@ -211,27 +219,46 @@ class Agent:
     # -- I/O ----------------------------------------------------------------------------------
 
     def _tap_readable(self) -> None:
-        assert self._tap is not None and self.core is not None
-        frames = self._tap.read_batch(BATCH, BATCH_BYTES)
-        if frames:
-            now = self._now()
-            self.core.tap_frames_received(frames, now)
+        assert self._tap is not None and self._udp is not None and self.core is not None
+        reads = self._tap.read_batch(1)
+        if not reads:
+            return
+        now = self._now()
+        express = self.core.express_send(reads[0], now)
+        if express is not None:  # sent before the rest is even read ("The express lane")
+            self._udp.send_batch((express,))
+            self.express_sent += 1
+            reads = self._tap.read_batch(BATCH - 1, BATCH_BYTES)
+        else:
+            reads += self._tap.read_batch(BATCH - 1, BATCH_BYTES - len(reads[0]))
+        if reads:
+            self.core.tap_frames_received(reads, now)
             self._transmit()
-            self._traffic(now)
+        self._traffic(now)
 
     def _udp_readable(self) -> None:
-        assert self._udp is not None and self.core is not None
+        assert self._udp is not None and self._tap is not None and self.core is not None
+        udp = self._udp
+        first = udp.receive_coalesced(1)  # without UDP GRO, a datagram is a run of one
+        if not first:
+            return
         now = self._now()
-        if self._udp.gro:
-            runs = self._udp.receive_coalesced(BATCH, BATCH_BYTES)
+        run, sender, segment = first[0]
+        frame = self.core.express_receive(run, sender, now) if len(run) <= segment else None
+        if frame:  # into naas0 before the rest is even read ("The express lane")
+            self._tap.write_batch((frame,))
+            self.express_received += 1
+            self._traffic(now)
+            self._tap_readable()  # the kernel often answers inside the write: send that on too
+            runs = udp.receive_coalesced(BATCH - 1, BATCH_BYTES)
             if not runs:
                 return
+        elif frame is None:
+            runs = first + udp.receive_coalesced(BATCH - 1, BATCH_BYTES - len(run))
+        else:  # dropped, or a message that was not a frame: what it made waits in the core
+            runs = udp.receive_coalesced(BATCH - 1, BATCH_BYTES)
+        if runs:
             self.core.runs_received(runs, now)
-        else:
-            datagrams = self._udp.receive_batch(BATCH, BATCH_BYTES)
-            if not datagrams:
-                return
-            self.core.datagrams_received(datagrams, now)
         if self._transmit():
             self._traffic(now)
             # The kernel often answers a frame inside our write (an echo reply, a TCP
@@ -254,7 +281,9 @@ class Agent:
         self._udp_readable()
         if self._poll is None:  # found nothing (a read that finds traffic arms the next poll)
             assert self.core is not None and self._loop is not None
-            self.core.warm_up(self._now())  # the path is cold only when nothing went through
+            self.warm_ups += 1  # the path is cold only when nothing went through
+            if not self.core.warm_up(self._now()):
+                self.warm_ups_failed += 1
             self._poll = self._loop.call_later(self.poll_interval, self._poll_fired)
 
     def _now(self) -> float:
@@ -355,6 +384,10 @@ class Agent:
                 "offloads": self._offload_summary() if self._udp and self._tap else "none",
                 "poll_ms": self.poll_interval * 1000,
                 "polls": self.polls,
+                "warm_ups": self.warm_ups,
+                "warm_ups_failed": self.warm_ups_failed,
+                "express_sent": self.express_sent,
+                "express_received": self.express_received,
                 "udp_send_drops": {k.value: v for k, v in self._udp.drops.items()} if self._udp else {},
                 "tap_write_drops": {k.value: v for k, v in self._tap.drops.items()} if self._tap else {},
             }
