@@ -521,8 +521,7 @@ class DataPath:
             frame = read
         if (
             len(frame) < ETHERNET_HEADER_LEN
-            or len(frame) > self._max_frame
-            or len(frame) >= self._max_single_inner  # one datagram, no FRAGMENTs
+            or len(frame) > self._max_frame  # (so the inner message fits one datagram)
             or frame[:2] != MAC_PREFIX  # unicast to a member (a member's MAC holds its node id)
             or frame[12:14] == _ETHERTYPE_ARP
         ):

@@ -245,17 +245,14 @@ class Agent:
         now = self._now()
         run, sender, segment = first[0]
         frame = self.core.express_receive(run, sender, now) if len(run) <= segment else None
-        if frame:  # into naas0 before the rest is even read ("The express lane")
-            self._tap.write_batch((frame,))
-            self.express_received += 1
-            self._traffic(now)
-            self._tap_readable()  # the kernel often answers inside the write: send that on too
-            runs = udp.receive_coalesced(BATCH - 1, BATCH_BYTES)
-            if not runs:
-                return
-        elif frame is None:
+        if frame is None:
             runs = first + udp.receive_coalesced(BATCH - 1, BATCH_BYTES - len(run))
-        else:  # dropped, or a message that was not a frame: what it made waits in the core
+        else:  # taken; b"": dropped, or not a frame, and what it made waits in the core
+            if frame:  # into naas0 before the rest is even read ("The express lane")
+                self._tap.write_batch((frame,))
+                self.express_received += 1
+                self._traffic(now)
+                self._tap_readable()  # the kernel often answers inside the write: send that on too
             runs = udp.receive_coalesced(BATCH - 1, BATCH_BYTES)
         if runs:
             self.core.runs_received(runs, now)
