@@ -5,7 +5,7 @@ Pure NodeCores wired by tests/helpers.py with seeded per-datagram loss."""
 
 from __future__ import annotations
 
-from test_node_offload import build_pair, super_frame
+from test_node_offload import build_mesh, build_pair, super_frame
 
 from helpers import SimNet
 from naas.core.loss import SPLIT_HOLD
@@ -57,3 +57,30 @@ def test_clean_link_reports_nothing_and_keeps_super_frames_whole() -> None:
     assert beta.peers[alpha.node_id].stats.rx_lost == 0
     assert alpha.peers[beta.node_id].tx_adaptation.splits == 0
     assert sum(beta.drops.values()) == 0, beta.drops
+
+
+def test_probes_to_a_link_known_down_do_not_cut_super_frames_on_the_relayed_path() -> None:
+    """While the direct link is down the sender keeps probing it, on the session the
+    relayed frames use: those probes are lost, and the receiver counts them in its loss
+    reports. They say the direct link is down, which the sender knows; they say nothing
+    about the relayed path, so super-frames through the relay stay whole."""
+    net, cores = build_mesh({"alpha": True, "relay": True, "beta": True})
+    alpha, beta = cores["alpha"], cores["beta"]
+    net.cut.add(frozenset(("alpha", "beta")))
+    for _ in range(120):
+        net.run(0.25)
+        if alpha.peers[beta.node_id].relayed_via is not None:
+            break
+    assert alpha.peers[beta.node_id].relayed_via == cores["relay"].node_id
+    small = PLAIN_VNET_HDR + beta.mac + alpha.mac + b"\x08\x00" + bytes(50)
+    for _ in range(120):  # a light flow: two small frames a second for a minute
+        alpha.tap_frames_received([small], net.now)
+        net.run(0.5)
+    assert beta.peers[alpha.node_id].stats.rx_lost >= 30, "the probes to the cut link were lost and reported"
+    adaptation = alpha.peers[beta.node_id].tx_adaptation
+    assert adaptation.cut_until == float("-inf"), "never cut"
+    vnet, frame = super_frame(beta, alpha)
+    alpha.tap_frames_received([vnet + frame], net.now)
+    runs = alpha.take_runs()
+    assert len(runs) == 1 and runs[0][0][0] == TYPE_FRAGMENT
+    assert runs[0][1] == net.address_of("relay")

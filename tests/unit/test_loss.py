@@ -86,6 +86,16 @@ def test_sender_judges_the_datagram_loss_while_cutting() -> None:
     assert adaptation.splits == 1
 
 
+def test_probes_sent_into_the_void_are_taken_off_the_next_report() -> None:
+    adaptation = SendAdaptation()
+    adaptation.blind_sent = 30  # probes to a direct link that is down
+    assert not adaptation.report(opened=64, lost=30, pieces=PIECES, now=0.0)  # all 30 were probes
+    assert adaptation.blind_sent == 0 and not adaptation.cutting(0.0)
+    adaptation.blind_sent = 5
+    assert adaptation.report(opened=64, lost=30, pieces=PIECES, now=1.0)  # 25 were frames: 28 %
+    assert adaptation.cutting(1.0)
+
+
 def test_empty_report_changes_nothing() -> None:
     adaptation = SendAdaptation()
     assert not adaptation.report(opened=0, lost=0, pieces=PIECES, now=0.0)

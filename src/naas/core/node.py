@@ -571,6 +571,8 @@ class NodeCore(DataPath):
         peer.probe_seq += 1
         stats.probes_sent += 1
         stats.unanswered += 1
+        if misses or not peer.direct_up:  # likely lost: not the loss of the frames' path (core/loss.py)
+            peer.tx_adaptation.blind_sent += 1
         self._send_control(peer, Probe(peer.probe_seq, now), now, address)
         if misses and peer.direct_up:
             peer.next_probe_at = now + PROBE_RETRY_INTERVAL
