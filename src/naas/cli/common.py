@@ -67,15 +67,14 @@ def member_dir(state_dir: Path, network: str | None) -> NodeDir:
     return node_dir
 
 
-def metrics_address(text: str | None) -> tuple[str, int] | None:
+def metrics_endpoint(text: str | None) -> Endpoint | None:
     """``--metrics HOST:PORT`` (e.g. 127.0.0.1:9640), checked before anything starts."""
     if text is None:
         return None
     try:
-        endpoint = Endpoint.parse(text)
+        return Endpoint.parse(text)
     except ValueError:
         raise BadInput(f"--metrics: expected IP:PORT (e.g. 127.0.0.1:9640), got {text!r}") from None
-    return endpoint.host, endpoint.port
 
 
 def add_member_options(parser: argparse.ArgumentParser, network: bool = True) -> None:
@@ -89,14 +88,14 @@ def add_member_options(parser: argparse.ArgumentParser, network: bool = True) ->
 class AgentOptions:
     """The options of every command that runs an agent (``add_agent_options``), checked."""
 
-    metrics: str | None = None  # "IP:PORT" of the opt-in Prometheus port
+    metrics: Endpoint | None = None  # where the opt-in Prometheus port listens
     offload: bool = True  # TSO/checksum offload on naas0, UDP GSO/GRO on the socket
     poll_ms: float = DEFAULT_POLL_INTERVAL * 1000  # 0: no polling (daemon/runner.py)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AgentOptions:
         """The options as given; bad input fails here, before anything is written."""
-        metrics_address(args.metrics)
+        metrics = metrics_endpoint(args.metrics)
         try:
             poll_ms = float(args.poll_ms)
         except ValueError:
@@ -104,14 +103,14 @@ class AgentOptions:
         most = MAX_POLL_INTERVAL * 1000
         if not 0 <= poll_ms <= most:  # also refuses nan
             raise BadInput(f"--poll-ms: expected milliseconds from 0 to {most:g}, got {args.poll_ms!r}")
-        return cls(args.metrics, args.offload, poll_ms)
+        return cls(metrics, args.offload, poll_ms)
 
     def agent(self, node_dir: NodeDir, interface: str) -> Agent:
         """An agent for ``node_dir`` that runs with these options."""
         return Agent(
             node_dir,
             interface=interface,
-            metrics=metrics_address(self.metrics),
+            metrics=None if self.metrics is None else self.metrics.as_tuple(),
             offload=self.offload,
             poll_interval=self.poll_ms / 1000,
         )
@@ -119,7 +118,7 @@ class AgentOptions:
     def argv(self) -> list[str]:
         """The same options on an agent's command line (`naas agent`)."""
         return [
-            *(["--metrics", self.metrics] if self.metrics else []),
+            *(["--metrics", str(self.metrics)] if self.metrics else []),
             *([] if self.offload else ["--no-offload"]),
             "--poll-ms",
             f"{self.poll_ms:g}",
