@@ -35,7 +35,7 @@ lost, and the receiver, which sees only the gaps in the counters, reports them w
 rest. They say that the direct link is down, which the sender knows already, and
 nothing about the path the frames take: on a lightly used relayed link they were a
 third or more of the messages, and cut super-frames to a member reached through a
-relay at 0.8 instead of 3-4 Gbit/s. So the sender counts them (``blind_sent``) and
+relay at 0.8 instead of 4-5 Gbit/s. So the sender counts them (``blind_sent``) and
 takes them off the losses of the next report.
 """
 
