@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
+from naas.cli.common import AgentOptions, add_agent_options
 from naas.cli.main import run
 
 CONFIG = """
@@ -87,3 +89,15 @@ def test_unknown_command_is_bad_input() -> None:
     with pytest.raises(SystemExit) as caught:
         run(["frobnicate"])
     assert caught.value.code == 2
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:9640", "[::1]:9640"])
+def test_agent_options_hand_metrics_to_the_agent_as_given(text: str) -> None:
+    """`naas up` checks --metrics once and passes it on to `naas agent` unchanged."""
+    parser = argparse.ArgumentParser()
+    add_agent_options(parser)
+    options = AgentOptions.from_args(parser.parse_args(["--metrics", text]))
+    assert options.argv()[:2] == ["--metrics", text]
+    again = AgentOptions.from_args(parser.parse_args(options.argv()))
+    assert again == options and again.metrics is not None
+    assert again.metrics.as_tuple() == (text.rsplit(":", 1)[0].strip("[]"), 9640)
