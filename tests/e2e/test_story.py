@@ -194,6 +194,23 @@ def test_agent_polls_while_frames_flow_and_stops_when_idle(enrolled_story: Story
         assert after[lane] - before[lane] >= 4, f"{lane}: pings on an active link take the express lane"
 
 
+def test_a_burst_after_a_lull_is_answered_in_full(enrolled_story: Story) -> None:
+    """After a lull the agent sends the first frame on the express lane and goes back to
+    sleep without reading on (runner.QUIET_GAP): the frames queued behind it must still
+    go, each answered, when the event loop comes back for them."""
+    story = enrolled_story
+    target = story.overlay_ip("desktop")
+    assert story.ping("aws-web-1", target, count=2) is not None  # the link is up and active
+    before = story.status("aws-web-1")["agent"]["express_sent"]
+    for _ in range(3):
+        time.sleep(0.05)  # a lull, then 16 echo requests at once (-l: without waiting for replies)
+        result = story.lab.host("aws-web-1").run(
+            ["ping", "-n", "-q", "-c", "16", "-l", "16", "-W", "2", target], timeout=15
+        )
+        assert result.returncode == 0 and " 16 received" in result.stdout, result.stdout
+    assert story.status("aws-web-1")["agent"]["express_sent"] > before, "the bursts began on the express lane"
+
+
 def test_naas_drawing_writes_a_png_of_the_mesh(enrolled_story: Story, tmp_path: Path) -> None:
     story = enrolled_story
     script = Path(sys.executable).with_name("naas-drawing")

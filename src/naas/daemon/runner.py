@@ -4,12 +4,12 @@ Theory of operation. The event loop (uvloop, see `run_loop`) watches two file
 descriptors. When naas0 is readable, a batch of frames is read and handed to
 ``NodeCore.tap_frames_received``; when the UDP socket is readable, a batch of datagrams
 goes to ``datagrams_received`` (or, with UDP GRO, a batch of coalesced runs to
-``runs_received``). After each batch,
-``_transmit()`` drains the core's effects: datagrams and GSO runs out, frames into
-naas0, events to the log; frames written to naas0 are followed by a read of it, since
-the kernel often answers inside the write. With ``offload`` (the default) naas0 and the
-socket use the kernel's segmentation offloads where it has them (daemon/tap.py,
-daemon/udp.py); the core is told which naas0 has. One timer, re-armed to
+``runs_received``). After each batch, ``_transmit()`` drains the core's effects:
+datagrams and GSO runs out, frames into naas0, events to the log; frames written to
+naas0 are followed by a read of it, since the kernel often answers inside the write
+(after a lull, the event loop makes that read). With ``offload`` (the default) naas0
+and the socket use the kernel's segmentation offloads where it has them
+(daemon/tap.py, daemon/udp.py); the core is told which naas0 has. One timer, re-armed to
 ``NodeCore.next_deadline()``, runs handshake retransmission, rekeying and probes.
 Nothing here decides anything about the protocol; it only moves bytes and time.
 
@@ -18,6 +18,11 @@ The express lane. The first read of each wake-up is offered to
 the rest is read: the common frame of a sparse flow (a ping, a request) is sealed and
 sent, or opened and written, in one step, with no batch around it; anything else is
 declined untouched and joins the batch (docs/performance.md, "The express lane").
+After a lull (``QUIET_GAP``) such a frame is most likely alone, so once the lane has
+sent or written it the agent goes straight back to sleep instead of reading on to find
+nothing: on this VM, any work after the send was measured to delay the answer
+(docs/performance.md, "Back to sleep"). Anything that did queue behind the frame makes
+the level-triggered epoll wake the loop again at once.
 
 Turns. One wake-up handles at most BATCH reads and BATCH_BYTES bytes per direction,
 then the loop looks at the other descriptor. With offloads a read can be a 64 KiB
@@ -73,6 +78,7 @@ BATCH_BYTES = 256 * 1024  # ... and bytes: four super-frames (see "Turns" in the
 DEFAULT_POLL_INTERVAL = 0.002  # seconds between polls while traffic flows (see the docstring)
 MAX_POLL_INTERVAL = 0.1
 POLL_LINGER = 1.0  # seconds of polling after the last frame through naas0
+QUIET_GAP = 0.001  # seconds: a read after a lull this long most likely came alone (the express lane)
 CACHE_SAVE_INTERVAL = 5.0
 DEFAULT_INTERFACE = "naas0"
 
@@ -100,6 +106,7 @@ class Agent:
         self.express_sent = self.express_received = 0  # frames through the express lane
         self._poll: asyncio.TimerHandle | None = None  # armed while traffic flows
         self._traffic_at = 0.0  # loop time of the last frame through naas0
+        self._tap_read_at = self._udp_read_at = 0.0  # loop time of the last read that found something
         self.metrics_address = metrics  # (host, port) of the opt-in Prometheus port
         self._metrics: Any = None  # aiohttp AppRunner while serving
         self.interface = interface
@@ -224,10 +231,14 @@ class Agent:
         if not reads:
             return
         now = self._now()
+        quiet, self._tap_read_at = now - self._tap_read_at > QUIET_GAP, now
         express = self.core.express_send(reads[0], now)
         if express is not None:  # sent before the rest is even read ("The express lane")
             self._udp.send_batch((express,))
             self.express_sent += 1
+            if quiet:  # after a lull it came alone, most likely: back to sleep (epoll wakes us for more)
+                self._traffic(now)
+                return
             reads = self._tap.read_batch(BATCH - 1, BATCH_BYTES)
         else:
             reads += self._tap.read_batch(BATCH - 1, BATCH_BYTES - len(reads[0]))
@@ -243,6 +254,7 @@ class Agent:
         if not first:
             return
         now = self._now()
+        quiet, self._udp_read_at = now - self._udp_read_at > QUIET_GAP, now
         run, sender, segment = first[0]
         frame = self.core.express_receive(run, sender, now) if len(run) <= segment else None
         if frame is None:
@@ -252,6 +264,8 @@ class Agent:
                 self._tap.write_batch((frame,))
                 self.express_received += 1
                 self._traffic(now)
+                if quiet:  # alone, most likely: back to sleep (epoll wakes us for the kernel's answer)
+                    return
                 self._tap_readable()  # the kernel often answers inside the write: send that on too
             runs = udp.receive_coalesced(BATCH - 1, BATCH_BYTES)
         if runs:
