@@ -20,7 +20,7 @@ sent, or opened and written, in one step, with no batch around it; anything else
 declined untouched and joins the batch (docs/performance.md, "The express lane").
 After a lull (``QUIET_GAP``) such a frame is most likely alone, so once the lane has
 sent or written it the agent goes straight back to sleep instead of reading on to find
-nothing: on this VM, any work after the send was measured to delay the answer
+nothing: on the test VM, any work after the send was measured to delay the answer
 (docs/performance.md, "Back to sleep"). Anything that did queue behind the frame makes
 the level-triggered epoll wake the loop again at once.
 
