@@ -18,11 +18,12 @@ The express lane. The first read of each wake-up is offered to
 the rest is read: the common frame of a sparse flow (a ping, a request) is sealed and
 sent, or opened and written, in one step, with no batch around it; anything else is
 declined untouched and joins the batch (docs/performance.md, "The express lane").
-After a lull (``QUIET_GAP``) such a frame is most likely alone, so once the lane has
-sent or written it the agent goes straight back to sleep instead of reading on to find
-nothing: on the test VM, any work after the send was measured to delay the answer
-(docs/performance.md, "Back to sleep"). Anything that did queue behind the frame makes
-the level-triggered epoll wake the loop again at once.
+After a lull on its descriptor (``QUIET_GAP``, or the shorter ``BURST_GAP`` when the
+frames before it came alone too: a sparse flow) such a frame is most likely alone, so
+once the lane has sent or written it the agent goes straight back to sleep instead of
+reading on to find nothing: on the test VM, any work after the send was measured to
+delay the answer (docs/performance.md, "Back to sleep"). Anything that did queue behind
+the frame makes the level-triggered epoll wake the loop again at once.
 
 Turns. One wake-up handles at most BATCH reads and BATCH_BYTES bytes per direction,
 then the loop looks at the other descriptor. With offloads a read can be a 64 KiB
@@ -57,6 +58,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
+from time import monotonic
 from typing import Any
 
 from naas.core.fragments import gso_max_size_for
@@ -78,7 +80,8 @@ BATCH_BYTES = 256 * 1024  # ... and bytes: four super-frames (see "Turns" in the
 DEFAULT_POLL_INTERVAL = 0.002  # seconds between polls while traffic flows (see the docstring)
 MAX_POLL_INTERVAL = 0.1
 POLL_LINGER = 1.0  # seconds of polling after the last frame through naas0
-QUIET_GAP = 0.001  # seconds: a read after a lull this long most likely came alone (the express lane)
+QUIET_GAP = 0.001  # seconds: a frame this long after the last on its descriptor most likely came alone
+BURST_GAP = 0.0002  # seconds: ... or this long, when the frames before it came alone too ("Back to sleep")
 CACHE_SAVE_INTERVAL = 5.0
 DEFAULT_INTERFACE = "naas0"
 
@@ -106,7 +109,11 @@ class Agent:
         self.express_sent = self.express_received = 0  # frames through the express lane
         self._poll: asyncio.TimerHandle | None = None  # armed while traffic flows
         self._traffic_at = 0.0  # loop time of the last frame through naas0
-        self._tap_read_at = self._udp_read_at = 0.0  # loop time of the last read that found something
+        # "Back to sleep": when the last handling of a frame from each descriptor ended
+        # (time.monotonic: the loop's clock counts whole milliseconds), and whether the
+        # last wake-up that found frames found one alone, sent or written by the lane
+        self._tap_done_at = self._udp_done_at = 0.0
+        self._lone = False
         self.metrics_address = metrics  # (host, port) of the opt-in Prometheus port
         self._metrics: Any = None  # aiohttp AppRunner while serving
         self.interface = interface
@@ -225,27 +232,41 @@ class Agent:
 
     # -- I/O ----------------------------------------------------------------------------------
 
+    def _alone(self, done_at: float) -> bool:
+        """Did the frame just read most likely come alone? (docs/performance.md, "Back to
+        sleep"). Yes after a lull on its descriptor, or after a shorter one when the
+        frames before it came alone too: a sparse flow. Under load, frames queued behind
+        one come back at once, and a long turn on the other descriptor leaves the last
+        wake-up a batch, not a lone frame."""
+        gap = monotonic() - done_at
+        return gap > QUIET_GAP or (self._lone and gap > BURST_GAP)
+
     def _tap_readable(self) -> None:
         assert self._tap is not None and self._udp is not None and self.core is not None
         reads = self._tap.read_batch(1)
         if not reads:
             return
         now = self._now()
-        quiet, self._tap_read_at = now - self._tap_read_at > QUIET_GAP, now
+        alone = self._alone(self._tap_done_at)
         express = self.core.express_send(reads[0], now)
         if express is not None:  # sent before the rest is even read ("The express lane")
             self._udp.send_batch((express,))
             self.express_sent += 1
-            if quiet:  # after a lull it came alone, most likely: back to sleep (epoll wakes us for more)
+            if alone:  # back to sleep: epoll wakes us at once for anything queued behind it
+                self._lone = True
                 self._traffic(now)
+                self._tap_done_at = monotonic()
                 return
             reads = self._tap.read_batch(BATCH - 1, BATCH_BYTES)
+            self._lone = not reads
         else:
             reads += self._tap.read_batch(BATCH - 1, BATCH_BYTES - len(reads[0]))
+            self._lone = False
         if reads:
             self.core.tap_frames_received(reads, now)
             self._transmit()
         self._traffic(now)
+        self._tap_done_at = monotonic()
 
     def _udp_readable(self) -> None:
         assert self._udp is not None and self._tap is not None and self.core is not None
@@ -254,20 +275,25 @@ class Agent:
         if not first:
             return
         now = self._now()
-        quiet, self._udp_read_at = now - self._udp_read_at > QUIET_GAP, now
+        alone = self._alone(self._udp_done_at)
         run, sender, segment = first[0]
         frame = self.core.express_receive(run, sender, now) if len(run) <= segment else None
         if frame is None:
             runs = first + udp.receive_coalesced(BATCH - 1, BATCH_BYTES - len(run))
+            self._lone = False
         else:  # taken; b"": dropped, or not a frame, and what it made waits in the core
             if frame:  # into naas0 before the rest is even read ("The express lane")
                 self._tap.write_batch((frame,))
                 self.express_received += 1
                 self._traffic(now)
-                if quiet:  # alone, most likely: back to sleep (epoll wakes us for the kernel's answer)
+                if alone:  # back to sleep: epoll wakes us at once for the kernel's answer
+                    self._lone = True
+                    self._udp_done_at = monotonic()
                     return
                 self._tap_readable()  # the kernel often answers inside the write: send that on too
             runs = udp.receive_coalesced(BATCH - 1, BATCH_BYTES)
+            if runs:
+                self._lone = False
         if runs:
             self.core.runs_received(runs, now)
         if self._transmit():
@@ -275,6 +301,7 @@ class Agent:
             # The kernel often answers a frame inside our write (an echo reply, a TCP
             # ACK): read it now rather than after another trip through the event loop.
             self._tap_readable()
+        self._udp_done_at = monotonic()
 
     def _traffic(self, now: float) -> None:
         """Frames went through naas0: poll for the next POLL_LINGER seconds."""
