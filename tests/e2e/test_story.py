@@ -196,7 +196,7 @@ def test_agent_polls_while_frames_flow_and_stops_when_idle(enrolled_story: Story
 
 def test_a_burst_after_a_lull_is_answered_in_full(enrolled_story: Story) -> None:
     """After a lull the agent sends the first frame on the express lane and goes back to
-    sleep without reading on (runner.QUIET_GAP): the frames queued behind it must still
+    sleep without reading on (runner.Agent._alone): the frames queued behind it must still
     go, each answered, when the event loop comes back for them."""
     story = enrolled_story
     target = story.overlay_ip("desktop")
