@@ -43,8 +43,9 @@ keeps the path warm for the next frame of a sparse flow (a ping, a request/respo
 A poll that finds nothing also runs a frame through the core's sealing and opening
 code on a private loopback session (``NodeCore.warm_up``): that code and AES-GCM's are
 what a frame after a pause finds cold, and keeping them warm cuts the idle RTT further
-(docs/performance.md, "Warming the path up"). Together they cost ~3-4% of a core while
-traffic flows and nothing once the agent is idle.
+(docs/performance.md, "Warming the path up"). A poll that comes less than an interval
+after a wake-up that found frames does neither: that frame has just warmed the path.
+Together they cost ~3-4% of a core while traffic flows and nothing once the agent is idle.
 
 The member cache (members.json) is rewritten when membership changes, at most every
 few seconds, so a restart works with every PoP down.
@@ -314,15 +315,24 @@ class Agent:
         self._poll = None
         if self._now() - self._traffic_at > POLL_LINGER:
             return  # idle: the next frame through naas0 starts polling again
-        self.polls += 1
-        self._tap_readable()
-        self._udp_readable()
-        if self._poll is None:  # found nothing (a read that finds traffic arms the next poll)
-            assert self.core is not None and self._loop is not None
-            self.warm_ups += 1  # the path is cold only when nothing went through
-            if not self.core.warm_up(self._now()):
-                self.warm_ups_failed += 1
+        assert self.core is not None and self._loop is not None
+        if not self._frame_lately():
+            self.polls += 1
+            self._tap_readable()
+            self._udp_readable()
+            if self._poll is None:  # found nothing (a read that finds traffic arms the next poll)
+                self.warm_ups += 1  # the path is cold only when nothing went through
+                if not self.core.warm_up(self._now()):
+                    self.warm_ups_failed += 1
+        if self._poll is None:
             self._poll = self._loop.call_later(self.poll_interval, self._poll_fired)
+
+    def _frame_lately(self) -> bool:
+        """Did a wake-up read something from naas0 or the socket less than one poll
+        interval ago? Then it kept the path as warm as this poll would: the poll does
+        nothing, and the next one comes on the same grid (docs/performance.md, "Polls a
+        frame makes needless")."""
+        return monotonic() - max(self._tap_done_at, self._udp_done_at) < self.poll_interval
 
     def _now(self) -> float:
         assert self._loop is not None
