@@ -44,7 +44,7 @@ A poll that finds nothing also runs a frame through the core's sealing and openi
 code on a private loopback session (``NodeCore.warm_up``): that code and AES-GCM's are
 what a frame after a pause finds cold, and keeping them warm cuts the idle RTT further
 (docs/performance.md, "Warming the path up"). A poll that comes less than an interval
-after a wake-up that found frames does neither: that frame has just warmed the path.
+after a wake-up that read something does neither: that read has just warmed the path.
 Together they cost ~3-4% of a core while traffic flows and nothing once the agent is idle.
 
 The member cache (members.json) is rewritten when membership changes, at most every
@@ -316,7 +316,7 @@ class Agent:
         if self._now() - self._traffic_at > POLL_LINGER:
             return  # idle: the next frame through naas0 starts polling again
         assert self.core is not None and self._loop is not None
-        if not self._frame_lately():
+        if not self._read_lately():
             self.polls += 1
             self._tap_readable()
             self._udp_readable()
@@ -327,7 +327,7 @@ class Agent:
         if self._poll is None:
             self._poll = self._loop.call_later(self.poll_interval, self._poll_fired)
 
-    def _frame_lately(self) -> bool:
+    def _read_lately(self) -> bool:
         """Did a wake-up read something from naas0 or the socket less than one poll
         interval ago? Then it kept the path as warm as this poll would: the poll does
         nothing, and the next one comes on the same grid (docs/performance.md, "Polls a
