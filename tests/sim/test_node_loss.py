@@ -23,7 +23,7 @@ def stream(net: SimNet, alpha: NodeCore, beta: NodeCore, seconds: float, every: 
         net.run(every)
 
 
-def test_lossy_link_cuts_super_frames_into_segments_then_sends_them_whole_again() -> None:
+def test_lossy_link_cuts_super_frames_into_smaller_ones_then_sends_them_whole_again() -> None:
     net, alpha, beta = build_pair()
     adaptation = alpha.peers[beta.node_id].tx_adaptation
     net.loss = 0.02  # 2 % of datagrams: some 60 % of 46-piece messages
@@ -31,12 +31,23 @@ def test_lossy_link_cuts_super_frames_into_segments_then_sends_them_whole_again(
     assert beta.peers[alpha.node_id].stats.rx_lost > 0
     assert adaptation.cutting(net.now)
     assert adaptation.splits == 1
+    assert adaptation.cut_size(net.now) == 2  # pieces of two segments lose some 4 % at 2 %
 
     net.loss = 0.0
     vnet, frame = super_frame(beta, alpha)
     segments = software_segments(vnet, frame)
     alpha.tap_frames_received([vnet + frame], net.now)
-    assert alpha.take_runs() == [], "no FRAGMENT run while cutting"
+    runs, datagrams = alpha.take_runs(), alpha.take_datagrams()
+    assert runs and {run[0] for run, _, _ in runs} == {TYPE_FRAGMENT}
+    beta.runs_received([(bytes(run), net.address_of("alpha"), size) for run, _, size in runs], net.now)
+    beta.datagrams_received([(datagram, net.address_of("alpha")) for datagram, _ in datagrams], net.now)
+    written = [bytes(piece) for piece in beta.take_frames()]
+    assert len(written) == -(-len(segments) // 2), "super-frames of two segments"
+    assert [s for piece in written for s in software_segments(piece[:10], piece[10:])] == segments
+
+    adaptation.piece_segments = 1  # as a loss of 5 % or more would have it: single segments
+    alpha.tap_frames_received([vnet + frame], net.now)
+    assert alpha.take_runs() == [], "no FRAGMENT run for single segments"
     datagrams = alpha.take_datagrams()
     assert [datagram[0] for datagram, _ in datagrams] == [TYPE_DATA] * len(segments)
     beta.datagrams_received([(datagram, net.address_of("alpha")) for datagram, _ in datagrams], net.now)

@@ -8,11 +8,14 @@ import pytest
 
 from naas.core.loss import (
     MIN_MESSAGES,
+    PIECE_LOSS,
     REPORT_INTERVAL,
     SPLIT_ABOVE,
     SPLIT_HOLD,
     ReceiveLoss,
     SendAdaptation,
+    datagram_loss_of,
+    segments_per_piece,
     superframe_loss,
 )
 
@@ -73,17 +76,47 @@ def test_sender_cuts_when_super_frames_are_lost_and_resumes_after_the_hold() -> 
     assert adaptation.splits == 1
 
 
-def test_sender_judges_the_datagram_loss_while_cutting() -> None:
+@pytest.mark.parametrize(
+    ("datagram_loss", "segments"),
+    [(0.0, 45), (0.001, 45), (0.003, 17), (0.005, 10), (0.01, 5), (0.02, 2), (0.03, 1), (0.2, 1), (1.0, 1)],
+)
+def test_pieces_hold_as_many_segments_as_keep_their_loss_under_the_target(
+    datagram_loss: float, segments: int
+) -> None:
+    assert segments_per_piece(datagram_loss, PIECES) == segments
+    assert segments == 1 or superframe_loss(datagram_loss, segments) <= PIECE_LOSS
+    assert segments == PIECES - 1 or superframe_loss(datagram_loss, segments + 1) > PIECE_LOSS
+
+
+def test_datagram_loss_of_undoes_superframe_loss() -> None:
+    for pieces in (1, 5, 46):
+        assert datagram_loss_of(superframe_loss(0.01, pieces), pieces) == pytest.approx(0.01)
+    assert datagram_loss_of(-1.0, 46) == 0.0 and datagram_loss_of(2.0, 46) == 1.0
+
+
+def test_sender_judges_the_datagram_loss_from_the_pieces_it_sends() -> None:
     adaptation = SendAdaptation()
-    adaptation.report(opened=700, lost=300, pieces=PIECES, now=0.0)
-    # cut, the messages are single datagrams: 0.5 % of them would cost 21 % of super-frames
-    assert not adaptation.report(opened=995, lost=5, pieces=PIECES, now=5.0)  # extends, not a new cut
-    assert adaptation.cutting(5.0 + SPLIT_HOLD - 0.01)
-    # 0.1 % would cost 4.5 %: below SPLIT_ABOVE, the hold is not extended
+    assert adaptation.cut_size(0.0) == 0
+    adaptation.report(opened=630, lost=370, pieces=PIECES, now=0.0)  # 37 % of super-frames: 1 % of datagrams
+    assert adaptation.cut_size(0.0) == 5
+    # Pieces of 5 datagrams, 4.9 % of them lost: still 1 %, 37 % of super-frames. Extended.
+    assert not adaptation.report(opened=951, lost=49, pieces=PIECES, now=5.0)  # not a new cut
+    assert adaptation.cut_size(5.0 + SPLIT_HOLD - 0.01) == 5
+    # 0.5 % of pieces of 5 is 0.1 % of datagrams, 4.5 % of super-frames: not extended.
     assert superframe_loss(0.001, PIECES) < SPLIT_ABOVE
-    adaptation.report(opened=999, lost=1, pieces=PIECES, now=6.0)
-    assert not adaptation.cutting(5.0 + SPLIT_HOLD)
+    adaptation.report(opened=995, lost=5, pieces=PIECES, now=6.0)
+    assert adaptation.cut_size(5.0 + SPLIT_HOLD) == 0
     assert adaptation.splits == 1
+
+
+def test_heavy_loss_cuts_single_segments_and_judges_them_as_datagrams() -> None:
+    adaptation = SendAdaptation()
+    adaptation.report(
+        opened=100, lost=900, pieces=PIECES, now=0.0
+    )  # 90 % of super-frames: 4.9 % of datagrams
+    assert adaptation.cut_size(0.0) == 1
+    adaptation.report(opened=995, lost=5, pieces=PIECES, now=1.0)  # single segments: 0.5 %
+    assert adaptation.cut_size(1.0) == 10
 
 
 def test_probes_sent_into_the_void_are_taken_off_the_next_report() -> None:

@@ -27,6 +27,7 @@ from naas.core.offload import (
     VNET_NEEDS_CSUM,
     check_vnet_untrusted,
     complete_checksum,
+    smaller_super_frames,
     software_segments,
 )
 from naas.core.wire import BadPacket, DropReason
@@ -346,6 +347,64 @@ def test_vlan_tagged_super_frames() -> None:
         segments = software_segments(sup.vnet, sup.frame)
         check_segments(sup, segments, 1448)
         assert segments == reference_segments(sup, 1448)
+
+
+# -- smaller super-frames (a lossy link) -------------------------------------------------------
+
+
+def lsrr_super() -> Super:
+    final = bytes([172, 32, 0, 99])  # a loose source route: the partial sum knows the destination
+    return ipv4_super(payload_of(9000), 1448, ip_options=b"\x83\x07\x04" + final + b"\x00", partial_dst=final)
+
+
+SMALLER_CASES = {
+    "ipv4": lambda: ipv4_super(
+        payload_of(63000), 1377, flags=ACK | PSH | FIN | CWR, gso_type=GSO_TCPV4 | GSO_ECN
+    ),
+    "ipv4 odd": lambda: ipv4_super(payload_of(5001), 1347, seq=2**32 - 3000, ip_id=0xFFFE),
+    "ipv4 options": lsrr_super,
+    "ipv6 waypoint": lambda: ipv6_super(
+        payload_of(8000), 1400, extensions=[(43, b"\x02\x01" + bytes(4) + IP6_HOME)], final_dst=IP6_HOME
+    ),
+    "vlan": lambda: ipv6_super(payload_of(9000), 1448, vlan=42),
+}
+
+
+@pytest.mark.parametrize("case", SMALLER_CASES)
+@pytest.mark.parametrize("segments", [1, 2, 5, 45])
+def test_smaller_super_frames_cut_into_the_segments_of_the_whole(case: str, segments: int) -> None:
+    sup = SMALLER_CASES[case]()
+    whole = software_segments(sup.vnet, sup.frame)
+    pieces = smaller_super_frames(sup.vnet, sup.frame, segments)
+    assert len(pieces) == -(-len(whole) // segments)
+    cut_again = []
+    for piece in pieces:
+        vnet, frame = piece[:VNET_HDR_LEN], piece[VNET_HDR_LEN:]
+        flags, _, _, gso_size, csum_start, csum_offset = check_vnet_untrusted(vnet, len(frame))
+        assert (flags, gso_size, csum_start, csum_offset) == (
+            VNET_NEEDS_CSUM,
+            VNET_HDR.unpack(sup.vnet)[3],
+            sup.l4,
+            16,
+        )
+        # The checksum is left as Linux leaves it: the pseudo-header sum for this piece.
+        tcp_len = len(frame) - sup.l4
+        partial = struct.unpack_from("!H", frame, sup.l4 + 16)[0]
+        assert partial == reference_ones_sum(pseudo_header(sup.src, sup.dst, tcp_len))
+        cut_again += software_segments(vnet, frame)
+    assert cut_again == whole
+    if len(pieces) == 1:
+        assert pieces == [sup.vnet + sup.frame]
+
+
+def test_smaller_super_frames_leave_other_frames_alone() -> None:
+    frame = udp_frame_with_partial(b"hello")
+    vnet = VNET_HDR.pack(VNET_NEEDS_CSUM, GSO_NONE, 0, 0, 34, 6)
+    assert smaller_super_frames(vnet, frame, 2) == [vnet + frame]
+    sup = ipv4_super(payload_of(1000), 1448)
+    assert smaller_super_frames(sup.vnet, sup.frame, 2) == [sup.vnet + sup.frame]
+    with pytest.raises(ValueError, match="0 segments"):
+        smaller_super_frames(sup.vnet, sup.frame, 0)
 
 
 def test_sequence_number_and_ip_id_wrap() -> None:

@@ -13,7 +13,7 @@ Inside -> outside (``tap_frames_received``, a batch of naas0 reads):
    A TCP super-frame of up to 64 KiB, or a frame whose checksum is still to be done,
    goes as it is, header included, as one OFFLOAD_FRAME to the member its destination
    MAC names, unless the link to that member loses datagrams (core/loss.py): then a
-   super-frame is cut into segments here. Everything else loses the header (a
+   super-frame is cut here into smaller ones, or into segments. Everything else loses the header (a
    full-size or multicast frame after its checksum is finished, one for a MAC not
    learnt yet after being cut up in software) and goes on as a plain frame.
 2. A plain frame of the wrong size is dropped. ARP for a member's address and DHCP
@@ -79,6 +79,7 @@ from naas.core.offload import (
     VNET_NEEDS_CSUM,
     check_vnet_untrusted,
     complete_checksum,
+    smaller_super_frames,
     software_segments,
 )
 from naas.core.peer import Address, Peer
@@ -233,9 +234,10 @@ class DataPath:
     def _offload_read(self, data: bytes, now: float) -> list[bytes]:
         """A read with work left (a checksum, a TCP super-frame) goes as it is, as an
         OFFLOAD_FRAME, to the one member it is for; the receiver's kernel or
-        `software_segments` finishes it. Returns the plain frames to switch instead: the
-        frame with its checksum done (full-size or multicast), or its segments (a MAC not
-        learnt yet, a lossy link)."""
+        `software_segments` finishes it. A lossy link gets smaller super-frames, each an
+        OFFLOAD_FRAME. Returns the plain frames to switch instead: the frame with its
+        checksum done (full-size or multicast), or its segments (a MAC not learnt yet, a
+        link lossy enough for single segments)."""
         try:
             _, gso_type, _, _, csum_start, csum_offset = check_vnet_untrusted(
                 data[:VNET_HDR_LEN], len(data) - VNET_HDR_LEN
@@ -251,8 +253,15 @@ class DataPath:
                 if node != self.node_id:
                     self.drops[DropReason.NO_ROUTE] += 1
                 return []
-            if gso_type and peer.tx_adaptation.cutting(now):  # a lossy link (core/loss.py)
+            cut_size = peer.tx_adaptation.cut_size(now) if gso_type else 0
+            if cut_size == 1:  # a lossy link (core/loss.py): single segments
                 return software_segments(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:])
+            if cut_size:  # ... smaller super-frames
+                pieces = smaller_super_frames(data[:VNET_HDR_LEN], data[VNET_HDR_LEN:], cut_size)
+                self._activate(peer, now)
+                for piece in pieces:
+                    self._send_inner(peer, _OFFLOAD_FRAME + piece, now)
+                return []
         except BadPacket as exc:
             self.drops[exc.reason] += 1
             return []

@@ -1,4 +1,4 @@
-"""Loss-adaptive super-frames: cut TCP super-frames into segments while a link loses datagrams.
+"""Loss-adaptive super-frames: cut TCP super-frames into smaller ones while a link loses datagrams.
 
 Theory of operation
 -------------------
@@ -19,14 +19,26 @@ every REPORT_INTERVAL, once at least MIN_MESSAGES messages arrived since the las
 report, it yields ``(opened, lost)`` if something was lost; the node sends that as a
 ``loss`` control message. A clean link sends nothing.
 
-*The sender* keeps a `SendAdaptation` per member. A report while whole super-frames go
-out measures the message loss itself; a report while they are cut measures the datagram
-loss, from which ``superframe_loss`` predicts the message loss super-frames would see.
-Either at or above SPLIT_ABOVE cuts super-frames to that member for the next SPLIT_HOLD
-seconds (core/datapath.py, ``_offload_read``); each such report starts the hold again.
-When the hold runs out, super-frames are tried again, and the next report decides.
+*The sender* keeps a `SendAdaptation` per member. A report gives the loss of the
+messages sent: whole super-frames of some 46 datagrams, or the pieces they are cut
+into, of about one datagram per segment. From it the sender estimates the datagram loss
+and, with ``superframe_loss``, the share of whole super-frames it would lose. At or
+above SPLIT_ABOVE, super-frames to that member are cut for the next SPLIT_HOLD seconds
+(core/datapath.py, ``_offload_read``); each such report starts the hold again. When the
+hold runs out, super-frames are tried whole again, and the next report decides.
 SPLIT_ABOVE sits where the measurements cross: 10 % of super-frames lost (a datagram
 loss near 0.23 %), between 0.2 % (1.5 Gbit/s with super-frames) and 0.5 % (0.23).
+
+The pieces are super-frames themselves, of as many segments as keep their own loss
+under PIECE_LOSS (``segments_per_piece``): 5 segments at 1 % datagram loss, 17 at 0.3 %,
+single segments from 5 % up. A piece crosses with its checksum unfinished, like a whole
+super-frame, and the receiver's kernel (or its software fallback) cuts it. TCP loses a
+piece's segments together, which it counts as one loss, so its pace is that of
+single segments; the sender seals and sends a piece, not each segment, and computes no
+checksum: cutting into single segments, the checksums alone took 40 % of the sending
+agent's time (docs/performance.md, "Loss"). A single segment goes as a plain frame
+with its checksum finished: a header for the receiver's kernel would not fit in its
+datagram.
 
 *Probes into the void.* While its direct link to a member is down (frames go through a
 relay) or in doubt (a probe went unanswered), the sender keeps probing that link, once
@@ -41,6 +53,7 @@ takes them off the losses of the next report.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from naas.core.session import Session
@@ -49,11 +62,28 @@ REPORT_INTERVAL = 1.0  # seconds between two loss reports to one member, at leas
 MIN_MESSAGES = 64  # messages opened since the last report before loss is judged
 SPLIT_ABOVE = 0.10  # cut super-frames once this share of them would be lost
 SPLIT_HOLD = 10.0  # seconds super-frames stay cut after a report that asked for it
+PIECE_LOSS = 0.05  # the share of cut pieces that may be lost, at most (segments_per_piece)
 
 
 def superframe_loss(datagram_loss: float, pieces: int) -> float:
     """The share of messages of ``pieces`` datagrams lost when each is lost with ``datagram_loss``."""
     return 1.0 - (1.0 - min(max(datagram_loss, 0.0), 1.0)) ** pieces
+
+
+def datagram_loss_of(message_loss: float, pieces: int) -> float:
+    """The datagram loss that loses ``message_loss`` of the messages of ``pieces`` datagrams."""
+    return 1.0 - math.pow(1.0 - min(max(message_loss, 0.0), 1.0), 1.0 / max(pieces, 1))
+
+
+def segments_per_piece(datagram_loss: float, pieces: int) -> int:
+    """How many segments a piece of a cut super-frame may hold (a segment is about a
+    datagram) so that at most PIECE_LOSS of the pieces are lost; fewer than ``pieces``."""
+    if datagram_loss >= PIECE_LOSS:
+        return 1
+    if datagram_loss <= 0.0:
+        return max(pieces - 1, 1)
+    fit = math.floor(math.log(1.0 - PIECE_LOSS) / math.log(1.0 - datagram_loss))
+    return min(max(fit, 1), max(pieces - 1, 1))
 
 
 class ReceiveLoss:
@@ -88,28 +118,35 @@ class ReceiveLoss:
 class SendAdaptation:
     """The sending side: whether super-frames to one member are cut (module docstring)."""
 
-    __slots__ = ("blind_sent", "cut_until", "splits")
+    __slots__ = ("blind_sent", "cut_until", "piece_segments", "splits")
 
     def __init__(self) -> None:
-        self.cut_until = float("-inf")  # super-frames are cut into segments until then
+        self.cut_until = float("-inf")  # super-frames are cut until then
+        self.piece_segments = 1  # segments per piece while they are (segments_per_piece)
         self.splits = 0  # reports that started cutting: one `superframes_cut` event each
         self.blind_sent = 0  # probes into the void since the last report (module docstring)
 
     def cutting(self, now: float) -> bool:
         return now < self.cut_until
 
+    def cut_size(self, now: float) -> int:
+        """Segments per piece while super-frames to the member are cut, else 0 (whole)."""
+        return self.piece_segments if now < self.cut_until else 0
+
     def report(self, opened: int, lost: int, pieces: int, now: float) -> bool:
         """Apply a receiver's report, less the probes sent into the void since the last
-        one; True if it starts cutting (it was not)."""
+        one; ``pieces``: the datagrams of a whole super-frame. True if it starts cutting
+        (it was not)."""
         lost, self.blind_sent = max(lost - self.blind_sent, 0), 0
         if opened + lost <= 0:
             return False
-        loss = lost / (opened + lost)
         was_cutting = self.cutting(now)
-        predicted = superframe_loss(loss, pieces) if was_cutting else loss
-        if predicted < SPLIT_ABOVE:
+        per_message = self.piece_segments if was_cutting else pieces
+        datagram_loss = datagram_loss_of(lost / (opened + lost), per_message)
+        if superframe_loss(datagram_loss, pieces) < SPLIT_ABOVE:
             return False
         self.cut_until = now + SPLIT_HOLD
+        self.piece_segments = segments_per_piece(datagram_loss, pieces)
         if not was_cutting:
             self.splits += 1
         return not was_cutting

@@ -412,7 +412,8 @@ class NodeCore(DataPath):
             adaptation = peer.tx_adaptation
             if adaptation.report(message.opened, message.lost, self._superframe_pieces, now):
                 loss = 100 * message.lost / (message.opened + message.lost)
-                detail = f"lost={loss:.2f}% for {SPLIT_HOLD:.0f}s"
+                segments = adaptation.piece_segments
+                detail = f"lost={loss:.2f}% segments={segments} for {SPLIT_HOLD:.0f}s"
                 self._events.append(NodeEvent("superframes_cut", peer.node_id, peer.name, detail))
         elif isinstance(message, Members):
             for record in message.members:

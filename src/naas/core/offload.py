@@ -21,7 +21,9 @@ writes both to it unchanged; this module serves a member whose TAP has none.
 ``check_vnet_untrusted`` admits only headers our own TAP can produce, and
 ``software_segments`` turns header and frame into ordinary frames the way the
 kernel's software fallback would (``skb_checksum_help``, ``inet_gso_segment``,
-``tcp_gso_segment``). Each segment gets:
+``tcp_gso_segment``); ``smaller_super_frames`` cuts a super-frame into smaller ones
+for a lossy link (core/loss.py), by the same rules, whole segments at a time, with
+checksums left unfinished. Each segment gets:
 
 - the Ethernet header (one 802.1Q tag allowed), the IP header with any IPv6
   extension headers, and the TCP header, copied;
@@ -196,85 +198,50 @@ def software_segments(vnet: bytes, frame: bytes) -> list[bytes]:
     return _segment_tcp(frame, gso_type & ~GSO_ECN == GSO_TCPV6, gso_size, csum_start)
 
 
+def smaller_super_frames(vnet: bytes, frame: bytes, segments: int) -> list[bytes]:
+    """A TCP super-frame cut into super-frames of at most ``segments`` segments each,
+    every one behind its own virtio-net header, its TCP checksum left unfinished (the
+    pseudo-header sum for its own length), as Linux would have handed them over with a
+    GSO limit of that many segments. Cut up in turn, they give the very segments
+    `software_segments` makes of the whole (IPv4 IDs included). Frames that are not TCP
+    super-frames come back as they are."""
+    flags, gso_type, _, mss, l4, _ = check_vnet_untrusted(vnet, len(frame))
+    if gso_type == GSO_NONE:
+        return [vnet + frame]
+    if segments < 1:
+        raise ValueError(f"pieces of {segments} segments")
+    layout = _TcpLayout(frame, gso_type & ~GSO_ECN == GSO_TCPV6, mss, l4)
+    pieces = layout.cut(mss * segments)
+    if len(pieces) == 1:
+        return [vnet + frame]
+    head, payload_at = layout.head, layout.payload_at
+    # hdr_len: the headers' length, as Linux fills it in (a hint; nothing here reads it)
+    piece_vnet = VNET_HDR.pack(flags, gso_type, payload_at, mss, l4, TCP_CSUM_OFFSET)
+    view = memoryview(frame)
+    out = []
+    for index, (at, size, seq, tcp_flags) in enumerate(pieces):
+        header = head[:]
+        layout.set_ip(header, index * segments, size)
+        _U32.pack_into(header, l4 + 4, seq)
+        header[l4 + 13] = tcp_flags
+        _U16.pack_into(header, l4 + 16, _fold(layout.pseudo + payload_at - l4 + size))
+        out.append(b"".join((piece_vnet, header, view[at : at + size])))
+    return out
+
+
 def _segment_tcp(frame: bytes, ipv6: bool, mss: int, l4: int) -> list[bytes]:
     """Cut a TCP super-frame whose TCP header is at ``l4`` (check_vnet_untrusted has
-    placed l4 + 18 inside the frame)."""
-    frame_len = len(frame)
-    l3 = ETHERNET_HEADER_LEN
-    if frame[12:14] == _VLAN_BYTES:
-        l3 += VLAN_TAG_LEN
-    if ipv6:
-        if frame[l3 - 2 : l3] != _IPV6_BYTES or l4 < l3 + IPV6_HEADER_LEN or frame[l3] >> 4 != 6:
-            raise _bad("TCPv6 segmentation of a frame that is not IPv6")
-        header_has_destination = _ipv6_extensions_lead_to_tcp(frame, l3, l4)
-        addresses = frame[l3 + 8 : l3 + 40]
-        ip_fixed_len = IPV6_HEADER_LEN  # not counted in the payload length
-    else:
-        version_ihl = frame[l3]
-        if frame[l3 - 2 : l3] != _IPV4_BYTES or version_ihl >> 4 != 4 or l3 + (version_ihl & 0x0F) * 4 != l4:
-            raise _bad("TCPv4 segmentation of a frame that is not IPv4 with TCP at the checksum start")
-        if l4 - l3 < IPV4_HEADER_LEN or frame[l3 + 9] != IPPROTO_TCP:
-            raise _bad("TCPv4 segmentation of an IPv4 header under 20 bytes or not TCP")
-        if int.from_bytes(frame[l3 + 6 : l3 + 8], "big") & _IPV4_FRAGMENT_BITS:
-            raise _bad("TCPv4 segmentation of an IPv4 fragment")
-        header_has_destination = l4 - l3 == IPV4_HEADER_LEN  # no options, so no source route
-        addresses = frame[l3 + 12 : l3 + 20]
-        ip_fixed_len = 0
-    if l4 + TCP_MIN_HEADER > frame_len:
-        raise _bad("TCP header beyond the frame")
-    payload_at = l4 + (frame[l4 + 12] >> 4) * 4
-    if payload_at < l4 + TCP_MIN_HEADER or payload_at > frame_len:
-        raise _bad(f"TCP data offset {frame[l4 + 12] >> 4}")
-    payload_len = frame_len - payload_at
-    count = max(1, -(-payload_len // mss))
-    last_size = payload_len - (count - 1) * mss
-    ip_len_before_payload = payload_at - l3 - ip_fixed_len
-    if ip_len_before_payload + min(payload_len, mss) > 0xFFFF:
-        raise _bad("segment longer than an IP packet")
-
-    # What every segment shares: the headers with the fields that differ zeroed, and their
-    # sums. A segment's sums include its lengths, so they are never 0 and fold safely.
-    head = bytearray(frame[:payload_at])
-    first_seq = int.from_bytes(frame[l4 + 4 : l4 + 8], "big")
-    tcp_flags = frame[l4 + 13]
-    partial = int.from_bytes(frame[l4 + 16 : l4 + 18], "big")
-    head[l4 + 4 : l4 + 8] = bytes(4)
-    head[l4 + 13] = 0
-    head[l4 + 16 : l4 + 18] = bytes(2)
-    if header_has_destination:
-        pseudo = _word_sum(addresses) + IPPROTO_TCP
-    else:
-        pseudo = (partial - (frame_len - l4)) % 0xFFFF  # the sender's: addresses and protocol
-    tcp_shared = pseudo + _word_sum(head[l4:payload_at]) + (payload_at - l4)
-    first_id = ip_shared = 0
-    if not ipv6:
-        first_id = int.from_bytes(frame[l3 + 4 : l3 + 6], "big")
-        head[l3 + 2 : l3 + 6] = bytes(4)
-        head[l3 + 10 : l3 + 12] = bytes(2)
-        ip_shared = _word_sum(head[l3:l4])
-    middle_flags = tcp_flags & ~(TCP_FLAG_FIN | TCP_FLAG_PSH | TCP_FLAG_CWR)
-    last_flags = tcp_flags & ~TCP_FLAG_CWR if count > 1 else tcp_flags
-    first_flags = tcp_flags & ~(TCP_FLAG_FIN | TCP_FLAG_PSH) if count > 1 else tcp_flags
-
+    placed l4 + 18 inside the frame) into segments with their checksums finished."""
+    layout = _TcpLayout(frame, ipv6, mss, l4)
+    head, payload_at = layout.head, layout.payload_at
+    # A segment's sums include its lengths, so they are never 0 and fold safely.
+    tcp_shared = layout.pseudo + _word_sum(head[l4:payload_at]) + (payload_at - l4)
     view = memoryview(frame)
     segments: list[bytes] = []
-    at = payload_at
-    for index in range(count):
-        if index == count - 1:
-            size, flags = last_size, last_flags
-        else:
-            size, flags = mss, first_flags if index == 0 else middle_flags
+    for index, (at, size, seq, flags) in enumerate(layout.cut(mss)):
         payload = view[at : at + size]
-        at += size
-        seq = (first_seq + index * mss) & 0xFFFFFFFF
-        ip_len = ip_len_before_payload + size
         header = head[:]
-        if ipv6:
-            _U16.pack_into(header, l3 + 4, ip_len)
-        else:
-            ip_id = (first_id + index) & 0xFFFF
-            _U16_U16.pack_into(header, l3 + 2, ip_len, ip_id)
-            _U16.pack_into(header, l3 + 10, 0xFFFF - _fold(ip_shared + ip_len + ip_id))
+        layout.set_ip(header, index, size)
         payload_sum = int.from_bytes(payload, "big")
         if size & 1:
             payload_sum <<= 8
@@ -284,6 +251,116 @@ def _segment_tcp(frame: bytes, ipv6: bool, mss: int, l4: int) -> list[bytes]:
         _U16.pack_into(header, l4 + 16, 0xFFFF - _fold(tcp_sum))
         segments.append(b"".join((header, payload)))
     return segments
+
+
+class _TcpLayout:
+    """A TCP super-frame checked and taken apart once, for cutting it in pieces of some
+    whole number of segments: the headers every piece shares, with the fields that
+    differ zeroed, and the sums that do not change."""
+
+    __slots__ = (
+        "first_id",
+        "first_seq",
+        "frame_len",
+        "head",
+        "ip_len_before_payload",
+        "ip_shared",
+        "ipv6",
+        "l3",
+        "l4",
+        "payload_at",
+        "pseudo",
+        "tcp_flags",
+    )
+
+    def __init__(self, frame: bytes, ipv6: bool, mss: int, l4: int) -> None:
+        frame_len = len(frame)
+        l3 = ETHERNET_HEADER_LEN
+        if frame[12:14] == _VLAN_BYTES:
+            l3 += VLAN_TAG_LEN
+        if ipv6:
+            if frame[l3 - 2 : l3] != _IPV6_BYTES or l4 < l3 + IPV6_HEADER_LEN or frame[l3] >> 4 != 6:
+                raise _bad("TCPv6 segmentation of a frame that is not IPv6")
+            header_has_destination = _ipv6_extensions_lead_to_tcp(frame, l3, l4)
+            addresses = frame[l3 + 8 : l3 + 40]
+            ip_fixed_len = IPV6_HEADER_LEN  # not counted in the payload length
+        else:
+            version_ihl = frame[l3]
+            if (
+                frame[l3 - 2 : l3] != _IPV4_BYTES
+                or version_ihl >> 4 != 4
+                or l3 + (version_ihl & 0x0F) * 4 != l4
+            ):
+                raise _bad("TCPv4 segmentation of a frame that is not IPv4 with TCP at the checksum start")
+            if l4 - l3 < IPV4_HEADER_LEN or frame[l3 + 9] != IPPROTO_TCP:
+                raise _bad("TCPv4 segmentation of an IPv4 header under 20 bytes or not TCP")
+            if int.from_bytes(frame[l3 + 6 : l3 + 8], "big") & _IPV4_FRAGMENT_BITS:
+                raise _bad("TCPv4 segmentation of an IPv4 fragment")
+            header_has_destination = l4 - l3 == IPV4_HEADER_LEN  # no options, so no source route
+            addresses = frame[l3 + 12 : l3 + 20]
+            ip_fixed_len = 0
+        if l4 + TCP_MIN_HEADER > frame_len:
+            raise _bad("TCP header beyond the frame")
+        payload_at = l4 + (frame[l4 + 12] >> 4) * 4
+        if payload_at < l4 + TCP_MIN_HEADER or payload_at > frame_len:
+            raise _bad(f"TCP data offset {frame[l4 + 12] >> 4}")
+        ip_len_before_payload = payload_at - l3 - ip_fixed_len
+        if ip_len_before_payload + min(frame_len - payload_at, mss) > 0xFFFF:
+            raise _bad("segment longer than an IP packet")
+
+        head = bytearray(frame[:payload_at])
+        self.first_seq = int.from_bytes(frame[l4 + 4 : l4 + 8], "big")
+        self.tcp_flags = frame[l4 + 13]
+        partial = int.from_bytes(frame[l4 + 16 : l4 + 18], "big")
+        head[l4 + 4 : l4 + 8] = bytes(4)
+        head[l4 + 13] = 0
+        head[l4 + 16 : l4 + 18] = bytes(2)
+        # The pseudo-header without its length: addresses and protocol.
+        if header_has_destination:
+            self.pseudo = _word_sum(addresses) + IPPROTO_TCP
+        else:
+            self.pseudo = (partial - (frame_len - l4)) % 0xFFFF  # the sender's
+        self.first_id = self.ip_shared = 0
+        if not ipv6:
+            self.first_id = int.from_bytes(frame[l3 + 4 : l3 + 6], "big")
+            head[l3 + 2 : l3 + 6] = bytes(4)
+            head[l3 + 10 : l3 + 12] = bytes(2)
+            self.ip_shared = _word_sum(head[l3:l4])
+        self.head, self.frame_len, self.ipv6 = head, frame_len, ipv6
+        self.l3, self.l4, self.payload_at = l3, l4, payload_at
+        self.ip_len_before_payload = ip_len_before_payload
+
+    def cut(self, step: int) -> list[tuple[int, int, int, int]]:
+        """``(payload offset, size, sequence number, TCP flags)`` of each piece of
+        ``step`` payload bytes (the last may be shorter; no payload is one piece): FIN
+        and PSH only on the last piece and CWR only on the first (RFC 9293 section 3.1,
+        RFC 3168 section 6.1.2)."""
+        payload_len = self.frame_len - self.payload_at
+        count = max(1, -(-payload_len // step))
+        flags = self.tcp_flags
+        if count == 1:
+            return [(self.payload_at, payload_len, self.first_seq, flags)]
+        middle = flags & ~(TCP_FLAG_FIN | TCP_FLAG_PSH | TCP_FLAG_CWR)
+        pieces = [(self.payload_at, step, self.first_seq, flags & ~(TCP_FLAG_FIN | TCP_FLAG_PSH))]
+        for index in range(1, count):
+            at = self.payload_at + index * step
+            size = step if index < count - 1 else payload_len - index * step
+            pieces.append((at, size, (self.first_seq + index * step) & 0xFFFFFFFF, middle))
+        last_at, last_size, last_seq, _ = pieces[-1]
+        pieces[-1] = (last_at, last_size, last_seq, flags & ~TCP_FLAG_CWR)
+        return pieces
+
+    def set_ip(self, header: bytearray, segment_index: int, size: int) -> None:
+        """The IP length of a piece with ``size`` payload bytes and, for IPv4, the ID of
+        the segment at ``segment_index`` (the super-frame's plus the index, mod 2**16,
+        as Linux TSO numbers them) and the header checksum."""
+        ip_len = self.ip_len_before_payload + size
+        if self.ipv6:
+            _U16.pack_into(header, self.l3 + 4, ip_len)
+        else:
+            ip_id = (self.first_id + segment_index) & 0xFFFF
+            _U16_U16.pack_into(header, self.l3 + 2, ip_len, ip_id)
+            _U16.pack_into(header, self.l3 + 10, 0xFFFF - _fold(self.ip_shared + ip_len + ip_id))
 
 
 def _ipv6_extensions_lead_to_tcp(frame: bytes, l3: int, l4: int) -> bool:

@@ -18,7 +18,7 @@ name). Peers are the members other than the local one.
     naas_peer_handshakes_total     counter  handshakes completed with the peer
     naas_peer_rx_lost_total        counter  messages from the peer that never arrived
     naas_peer_superframes_cut      gauge    1 while super-frames to the peer are cut into
-                                            segments (a lossy link, core/loss.py), else 0
+                                            smaller ones (a lossy link, core/loss.py), else 0
     naas_peer_rtt_seconds          gauge    smoothed RTT of the direct link (peers with one)
     naas_peer_reachable            gauge    1 if the peer can be reached (direct, relayed
                                             or idle), else 0 (connecting, unreachable);
@@ -90,7 +90,7 @@ class _TopologyCollector(Collector):
 
         cut = GaugeMetricFamily(
             "naas_peer_superframes_cut",
-            "1 while super-frames to the peer are cut into segments (a lossy link), else 0.",
+            "1 while super-frames to the peer are cut into smaller ones (a lossy link), else 0.",
             labels=peer_labels,
         )
         for peer in peers:
