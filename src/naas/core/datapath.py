@@ -13,9 +13,9 @@ Inside -> outside (``tap_frames_received``, a batch of naas0 reads):
    A TCP super-frame of up to 64 KiB, or a frame whose checksum is still to be done,
    goes as it is, header included, as one OFFLOAD_FRAME to the member its destination
    MAC names, unless the link to that member loses datagrams (core/loss.py): then a
-   super-frame is cut here into smaller ones, or into segments. Everything else loses the header (a
-   full-size or multicast frame after its checksum is finished, one for a MAC not
-   learnt yet after being cut up in software) and goes on as a plain frame.
+   super-frame is cut here into smaller ones, or into segments. Everything else loses
+   the header (a full-size or multicast frame after its checksum is finished, one for a
+   MAC not learnt yet after being cut up in software) and goes on as a plain frame.
 2. A plain frame of the wrong size is dropped. ARP for a member's address and DHCP
    from this host are answered here (layer-3 networks only), straight back to naas0.
    A TCP SYN gets its MSS clamped to the overlay MTU (core/ethernet.py).

@@ -31,7 +31,7 @@ loss near 0.23 %), between 0.2 % (1.5 Gbit/s with super-frames) and 0.5 % (0.23)
 
 The pieces are super-frames themselves, of as many segments as keep their own loss
 under PIECE_LOSS (``segments_per_piece``): 5 segments at 1 % datagram loss, 17 at 0.3 %,
-single segments from 5 % up. A piece crosses with its checksum unfinished, like a whole
+single segments above 2.5 %. A piece crosses with its checksum unfinished, like a whole
 super-frame, and the receiver's kernel (or its software fallback) cuts it. TCP loses a
 piece's segments together, which it counts as one loss, so its pace is that of
 single segments; the sender seals and sends a piece, not each segment, and computes no
