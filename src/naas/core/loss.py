@@ -116,7 +116,8 @@ class ReceiveLoss:
 
 
 class SendAdaptation:
-    """The sending side: whether super-frames to one member are cut (module docstring)."""
+    """The sending side: whether super-frames to one member are cut, and into pieces of
+    how many segments (module docstring)."""
 
     __slots__ = ("blind_sent", "cut_until", "piece_segments", "splits")
 

@@ -64,7 +64,7 @@ class MemberView:
     handshakes: int = 0
     session_age_s: float | None = None
     rx_lost: int = 0  # its messages that never arrived (core/loss.py)
-    superframes_cut: bool = False  # super-frames to it are cut into segments: a lossy link
+    superframes_cut: bool = False  # super-frames to it are cut into smaller ones: a lossy link
 
     @property
     def path(self) -> str:
