@@ -190,6 +190,7 @@ def test_agent_polls_while_frames_flow_and_stops_when_idle(enrolled_story: Story
     after = story.status("desktop")["agent"]
     assert after["warm_ups"] - before["warm_ups"] >= 40, "polls that found nothing warmed the path up"
     assert after["warm_ups_failed"] == 0
+    assert after["kernel_warm_ups"] - before["kernel_warm_ups"] >= 40, "... and echoed through loopback"
     for lane in ("express_received", "express_sent"):  # the requests in, the replies out
         assert after[lane] - before[lane] >= 4, f"{lane}: pings on an active link take the express lane"
 

@@ -20,6 +20,7 @@ import select
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -348,6 +349,40 @@ def test_udp_port_in_use_refused_then_free_after_close(udp: UdpHarness, host: st
     first.close()
     first.close()  # idempotent
     assert udp.bind(host, port).local_address == (host, port)
+
+
+# --- the loopback echo the agent's polls make (LinuxUdpSocket.echo) -------------------------
+
+
+def test_udp_loopback_twin_echoes_through_the_kernel(host: str) -> None:
+    with LinuxUdpSocket.bind(host, 0, offload=True) as mesh, mesh.loopback_twin() as twin:
+        assert twin.local_address[0] == host  # the loopback of the mesh socket's family
+        assert twin.local_address != mesh.local_address
+        assert twin.gro == mesh.gro  # received by the same call as the mesh socket's datagrams
+        with LinuxUdpSocket.bind(host, 0) as stranger:
+            assert stranger.send_batch([(b"not yours", twin.local_address)]) == 1
+            assert readable(twin.fileno(), WAIT)
+            for _ in range(3):
+                assert twin.echo(bytes(140))  # a stranger's datagram ahead of it is read and dropped
+                assert not readable(twin.fileno(), 0)  # nothing left behind
+        assert mesh.receive_batch(64) == []  # nothing reached the mesh socket
+
+
+ECHO_WITHOUT_LOOPBACK = """
+from naas.daemon.udp import LinuxUdpSocket
+mesh = LinuxUdpSocket.bind("0.0.0.0", 0, offload=True)
+twin = mesh.loopback_twin()
+print(twin.echo(bytes(140)))
+"""
+
+
+def test_udp_echo_fails_where_loopback_is_down(lab_factory: Callable[..., Lab]) -> None:
+    """The agent then stops its echoes (runner.Agent._warm_kernel_path)."""
+    lab = lab_factory(hosts={"solo": "onprem"})
+    solo = lab.host("solo")
+    solo.run(["ip", "link", "set", "lo", "down"], check=True)
+    done = solo.run([sys.executable, "-c", ECHO_WITHOUT_LOOPBACK], check=True)
+    assert done.stdout.strip() == "False"  # the kernel drops it at the downed lo (or refuses the send)
 
 
 # --- a real TAP with a real ping ----------------------------------------------------------

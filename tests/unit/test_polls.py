@@ -1,6 +1,7 @@
-"""The agent's polls while frames flow (daemon/runner.py, docs/performance.md "Polling
-while frames flow" and "Polls a frame makes needless"): when a poll looks and warms the
-path up, when it does nothing, and that the grid of polls goes on either way."""
+"""The agent's polls while frames flow (daemon/runner.py; docs/performance.md "Polling
+while frames flow", "Polls a frame makes needless" and "Warming the kernel's path"): when
+a poll looks and warms the path up, when it does nothing, and that the grid of polls
+goes on either way."""
 
 from __future__ import annotations
 
@@ -55,6 +56,23 @@ class Core:
         return True
 
 
+class Echo:
+    """The mesh socket's loopback twin: echoes come back, or (``back=False``) they do not."""
+
+    def __init__(self, back: bool = True) -> None:
+        self.back = back
+        self.echoes = 0
+        self.closed = False
+        self.local_address = ("127.0.0.1", 4000)
+
+    def echo(self, payload: bytes) -> bool:
+        self.echoes += 1
+        return self.back
+
+    def close(self) -> None:
+        self.closed = True
+
+
 @pytest.fixture
 def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Agent:
     monkeypatch.setattr(runner, "monotonic", lambda: NOW)
@@ -62,6 +80,7 @@ def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Agent:
     polling._loop = Loop()  # type: ignore[assignment]
     polling._tap = polling._udp = Quiet()  # type: ignore[assignment]
     polling.core = Core()  # type: ignore[assignment]
+    polling._warm_socket = Echo()  # type: ignore[assignment]
     polling._traffic_at = NOW - 0.1  # frames flowed 100 ms ago: still inside POLL_LINGER
     return polling
 
@@ -77,7 +96,19 @@ def test_a_poll_after_a_quiet_interval_looks_and_warms_the_path_up(agent: Agent)
     agent._poll_fired()
     assert (agent.polls, agent.warm_ups, looks(agent)) == (1, 1, 2)
     assert agent.core.warm_ups == 1  # type: ignore[union-attr]
+    assert (agent.kernel_warm_ups, agent._warm_socket.echoes) == (1, 1)  # type: ignore[union-attr]
     assert agent._loop.armed == [INTERVAL]  # type: ignore[union-attr]
+
+
+def test_an_echo_that_does_not_come_back_ends_the_kernel_warm_ups(agent: Agent) -> None:
+    """Loopback down in the agent's namespace: the poll goes on, without echoes from then on."""
+    twin = agent._warm_socket = Echo(back=False)  # type: ignore[assignment]
+    agent._poll_fired()
+    assert (agent.polls, agent.warm_ups, agent.kernel_warm_ups) == (1, 1, 0)
+    assert twin.closed and agent._warm_socket is None
+    agent._poll_fired()
+    assert (agent.polls, agent.warm_ups, twin.echoes) == (2, 2, 1)
+    assert agent.warm_ups_failed == 0  # the core's warm-up still works
 
 
 @pytest.mark.parametrize("descriptor", ["_tap_done_at", "_udp_done_at"])
@@ -88,6 +119,7 @@ def test_a_poll_soon_after_a_frame_does_nothing_but_keep_the_grid(agent: Agent, 
     agent._poll_fired()
     assert (agent.polls, agent.warm_ups, looks(agent)) == (0, 0, 0)
     assert agent.core.warm_ups == 0  # type: ignore[union-attr]
+    assert agent._warm_socket.echoes == 0  # type: ignore[union-attr]
     assert agent._loop.armed == [INTERVAL]  # type: ignore[union-attr]
 
 

@@ -43,9 +43,12 @@ keeps the path warm for the next frame of a sparse flow (a ping, a request/respo
 A poll that finds nothing also runs a frame through the core's sealing and opening
 code on a private loopback session (``NodeCore.warm_up``): that code and AES-GCM's are
 what a frame after a pause finds cold, and keeping them warm cuts the idle RTT further
-(docs/performance.md, "Warming the path up"). A poll that comes less than an interval
-after a wake-up that read something does neither: that read has just warmed the path.
-Together they cost ~3-4% of a core while traffic flows and nothing once the agent is idle.
+(docs/performance.md, "Warming the path up"); it then sends a datagram of a ping's
+size to a socket of its own on loopback and reads it back (``LinuxUdpSocket.echo``),
+which warms the kernel's UDP sending and receiving code the same way ("Warming the
+kernel's path"). A poll that comes less than an interval after a wake-up that read
+something does none of this: that read has just warmed the path. Together they cost
+~3-4% of a core while traffic flows and nothing once the agent is idle.
 
 The member cache (members.json) is rewritten when membership changes, at most every
 few seconds, so a restart works with every PoP down.
@@ -83,6 +86,7 @@ MAX_POLL_INTERVAL = 0.1
 POLL_LINGER = 1.0  # seconds of polling after the last frame through naas0
 QUIET_GAP = 0.001  # seconds: a frame this long after the last on its descriptor most likely came alone
 BURST_GAP = 0.0002  # seconds: ... or this long, when the frames before it came alone too ("Back to sleep")
+WARM_DATAGRAM = bytes(140)  # about a sealed ping frame: what a poll echoes on loopback
 CACHE_SAVE_INTERVAL = 5.0
 DEFAULT_INTERFACE = "naas0"
 
@@ -107,6 +111,7 @@ class Agent:
         self.poll_interval = poll_interval  # 0: no polling
         self.polls = 0  # polls made, for status
         self.warm_ups = self.warm_ups_failed = 0  # NodeCore.warm_up calls made, and failed
+        self.kernel_warm_ups = 0  # datagrams a poll echoed through loopback (_warm_kernel_path)
         self.express_sent = self.express_received = 0  # frames through the express lane
         self._poll: asyncio.TimerHandle | None = None  # armed while traffic flows
         self._traffic_at = 0.0  # loop time of the last frame through naas0
@@ -122,6 +127,7 @@ class Agent:
         self.core: NodeCore | None = None
         self._tap: LinuxTap | None = None
         self._udp: LinuxUdpSocket | None = None
+        self._warm_socket: LinuxUdpSocket | None = None  # the mesh socket's loopback twin
         self._loop: asyncio.AbstractEventLoop | None = None  # cached: asking costs a getpid()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -142,6 +148,8 @@ class Agent:
         # pyroute2's synchronous API runs an event loop of its own: call it from a thread
         mtu = await asyncio.to_thread(self._configure_interface, network, cert)
         self._udp = LinuxUdpSocket.bind(self.listen_host, network.mesh_port, offload=self.offload)
+        if self.poll_interval > 0:
+            self._warm_socket = self._bind_warm_socket(self._udp)
         now = loop.time()
         self.core = NodeCore(
             identity,
@@ -225,6 +233,9 @@ class Agent:
                 loop.remove_reader(device.fileno())
                 device.close()
         self._tap = self._udp = None
+        if self._warm_socket is not None:
+            self._warm_socket.close()
+            self._warm_socket = None
         if self.core is not None:
             self._save_members(force=True)
         self.node_dir.socket_path.unlink(missing_ok=True)
@@ -324,8 +335,32 @@ class Agent:
                 self.warm_ups += 1  # the path is cold only when nothing went through
                 if not self.core.warm_up(self._now()):
                     self.warm_ups_failed += 1
+                self._warm_kernel_path()
         if self._poll is None:
             self._poll = self._loop.call_later(self.poll_interval, self._poll_fired)
+
+    def _bind_warm_socket(self, udp: LinuxUdpSocket) -> LinuxUdpSocket | None:
+        try:
+            return udp.loopback_twin()
+        except OSError as exc:
+            log.info("polls do not warm the kernel's UDP path: no loopback socket (%s)", exc.strerror or exc)
+            return None
+
+    def _warm_kernel_path(self) -> None:
+        """Echo a ping-sized datagram through loopback (module docstring). If it does not
+        come back (loopback down in this namespace, a firewall rule), stop trying."""
+        warm = self._warm_socket
+        if warm is None:
+            return
+        if warm.echo(WARM_DATAGRAM):
+            self.kernel_warm_ups += 1
+            return
+        log.info(
+            "polls stop warming the kernel's UDP path: a datagram to %s:%d did not come back",
+            *warm.local_address,
+        )
+        warm.close()
+        self._warm_socket = None
 
     def _read_lately(self) -> bool:
         """Did a wake-up read something from naas0 or the socket less than one poll
@@ -434,6 +469,7 @@ class Agent:
                 "polls": self.polls,
                 "warm_ups": self.warm_ups,
                 "warm_ups_failed": self.warm_ups_failed,
+                "kernel_warm_ups": self.kernel_warm_ups,
                 "express_sent": self.express_sent,
                 "express_received": self.express_received,
                 "udp_send_drops": {k.value: v for k, v in self._udp.drops.items()} if self._udp else {},

@@ -51,6 +51,8 @@ from naas.core.fragments import MAX_RUN_BYTES, MAX_RUN_SEGMENTS, datagrams_of
 Address = tuple[str, int]  # (IP literal, port)
 
 DEFAULT_SOCKET_BUFFER = 4 * 1024 * 1024
+ECHO_BUFFER = 64 * 1024  # a loopback twin's socket buffers (LinuxUdpSocket.echo)
+ECHO_READS = 4  # datagrams an echo reads at most: its own, and any a stranger sent first
 RECEIVE_BUFFER = 65536  # larger than any UDP payload, or any run of coalesced ones
 SOL_UDP = 17
 UDP_SEGMENT = 103  # linux/udp.h: send-side segmentation (GSO), u16 segment size
@@ -277,6 +279,23 @@ class LinuxUdpSocket:
             else:
                 sent += 1
         return sent
+
+    def loopback_twin(self) -> LinuxUdpSocket:
+        """A socket of this one's family and receive offload on the loopback address, any
+        port, with small buffers: for `echo`. Raises OSError where there is no loopback."""
+        host = "::1" if self._v6 else "127.0.0.1"
+        return LinuxUdpSocket.bind(host, 0, buffer_bytes=ECHO_BUFFER, offload=self.gro)
+
+    def echo(self, payload: bytes) -> bool:
+        """Send ``payload`` to this very socket and read it back, through the calls the
+        data path makes (``sendto``, then ``recvmsg`` or ``recvfrom``): True if it came
+        back. On a loopback socket (`loopback_twin`) that walks the kernel's UDP path
+        without a packet on any network; the agent's polls use it to keep that path warm
+        (docs/performance.md, "Warming the kernel's path"). A datagram from anyone else
+        is read and dropped on the way."""
+        if not self.send_batch(((payload, self._local),)):
+            return False
+        return any(sender == self._local for _, sender, _ in self.receive_coalesced(ECHO_READS))
 
     def _count_or_raise(self, exc: OSError) -> None:
         reason = _DROPS.get(exc.errno or 0)
