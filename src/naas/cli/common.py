@@ -139,5 +139,5 @@ def add_agent_options(parser: argparse.ArgumentParser) -> None:
         metavar="MS",
         default=f"{DEFAULT_POLL_INTERVAL * 1000:g}",
         help="while traffic flows, also poll naas0 and the socket every MS milliseconds: lower latency"
-        " for sparse traffic at ~3-4%% of a core (default %(default)s; 0: off)",
+        " for sparse traffic at ~5-6%% of a core (default %(default)s; 0: off)",
     )

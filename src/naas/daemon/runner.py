@@ -48,7 +48,7 @@ size to a socket of its own on loopback and reads it back (``LinuxUdpSocket.echo
 which warms the kernel's UDP sending and receiving code the same way ("Warming the
 kernel's path"). A poll that comes less than an interval after a wake-up that read
 something does none of this: that read has just warmed the path. Together they cost
-~3-4% of a core while traffic flows and nothing once the agent is idle.
+~5-6% of a core while a sparse flow runs and nothing once the agent is idle.
 
 The member cache (members.json) is rewritten when membership changes, at most every
 few seconds, so a restart works with every PoP down.
