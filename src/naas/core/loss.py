@@ -132,7 +132,7 @@ class SendAdaptation:
 
     def cut_size(self, now: float) -> int:
         """Segments per piece while super-frames to the member are cut, else 0 (whole)."""
-        return self.piece_segments if now < self.cut_until else 0
+        return self.piece_segments if self.cutting(now) else 0
 
     def report(self, opened: int, lost: int, pieces: int, now: float) -> bool:
         """Apply a receiver's report, less the probes sent into the void since the last
