@@ -100,6 +100,8 @@ class SimNet:
     delivered_frames: dict[str, list[bytes]] = field(default_factory=dict)
     cut: set[frozenset[str]] = field(default_factory=set)
     wire_log: list[bytes] = field(default_factory=list)
+    # datagrams sent to an address no core has (an attacker's, say), by address
+    unrouted: dict[tuple[str, int], list[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -161,7 +163,10 @@ class SimNet:
                 inbound: dict[str, list[tuple[bytes, tuple[str, int]]]] = {}
                 for datagram, address in batch:
                     target = self.addresses.get(address)
-                    if target is None or frozenset((name, target)) in self.cut:
+                    if target is None:
+                        self.unrouted.setdefault(address, []).append(datagram)
+                        continue
+                    if frozenset((name, target)) in self.cut:
                         continue
                     self.wire_log.append(datagram)
                     if self.rng.random() < self.loss:

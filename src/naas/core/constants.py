@@ -20,6 +20,7 @@ GOSSIP_INTERVAL = 5.0  # a hash of our member table (members_sum) to one random 
 REJECT_AFTER_MESSAGES = 2**64 - 2**13  # no counter at or beyond this is sent or accepted
 
 # -- implementation limits -----------------------------------------------------------------
+MAX_HANDSHAKES_PER_BATCH = 8  # initiations of one batch that may cost a Diffie-Hellman (core/cookie.py)
 MAX_QUEUED_FRAMES = 128  # frames held per peer while its handshake completes
 MAX_SESSIONS_PER_PEER = 3  # newest first: next, current, previous
 MAX_ENDPOINTS_PER_MEMBER = 4

@@ -99,6 +99,16 @@ def hkdf2(chaining_key: bytes, input_key_material: bytes) -> tuple[bytes, bytes]
     return first, hmac_sha256(temp, first + b"\x02")
 
 
+def mac16(key: bytes, data: bytes) -> bytes:
+    """A 16-byte keyed BLAKE2s (the MACs of handshake flood protection, core/cookie.py)."""
+    return hashlib.blake2s(data, key=key, digest_size=16).digest()
+
+
+def mac16_equal(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison of two MACs."""
+    return hmac.compare_digest(a, b)
+
+
 # -- AEAD -------------------------------------------------------------------------------
 
 
@@ -119,6 +129,26 @@ class Aead:
         try:
             return self._aesgcm.decrypt(_NONCE.pack(counter), ciphertext, aad)
         except InvalidTag:
+            raise AuthenticationError("AEAD tag mismatch") from None
+
+
+class CookieCipher:
+    """AES-256-GCM with an explicit random nonce, for cookie replies (core/cookie.py).
+    Few messages go under one key (cookie replies are rate-limited per source), so a
+    random 96-bit nonce stays far from its collision bound."""
+
+    __slots__ = ("_aesgcm",)
+
+    def __init__(self, key: bytes) -> None:
+        self._aesgcm = AESGCM(key)
+
+    def seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        return self._aesgcm.encrypt(nonce, plaintext, aad)
+
+    def open(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        try:
+            return self._aesgcm.decrypt(nonce, ciphertext, aad)
+        except (InvalidTag, ValueError):  # ValueError: a nonce of the wrong size
             raise AuthenticationError("AEAD tag mismatch") from None
 
 

@@ -68,7 +68,9 @@ from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
 from naas.core import arp, dhcp
+from naas.core.constants import MAX_HANDSHAKES_PER_BATCH
 from naas.core.control_messages import ControlMessage, decode_control_untrusted
+from naas.core.cookie import CookieResponder, Verdict
 from naas.core.ethernet import clamp_tcp_mss
 from naas.core.fragments import FRAGMENT_HEADER_LEN, PIECE_HEAD, Reassembly, datagrams_of, run_span
 from naas.core.membership_sync import MembershipSync
@@ -96,6 +98,7 @@ from naas.core.wire import (
     INNER_KEEPALIVE,
     INNER_OFFLOAD_FRAME,
     OUTER,
+    TYPE_COOKIE_REPLY,
     TYPE_DATA,
     TYPE_FRAGMENT,
     TYPE_INITIATION,
@@ -139,6 +142,7 @@ class DataPath:
     membership: MembershipSync  # told when a member's endpoint changes
     relayed_packets: int
     relayed_bytes: int
+    cookies: CookieResponder  # handshake flood protection (core/cookie.py)
     _standing_threshold: float  # below 1.0: past the full-mesh size (_flood)
     _by_index: dict[int, tuple[Peer, Session]]  # local session index -> its peer and session
     _datagrams_out: list[tuple[bytes, Address]]
@@ -323,6 +327,12 @@ class DataPath:
     # -- outside: datagrams from the underlay ------------------------------------------------
 
     def datagrams_received(self, datagrams: Iterable[tuple[bytes, Address]], now: float) -> None:
+        self._outside(datagrams, now, counted=False)
+
+    def _outside(self, datagrams: Iterable[tuple[bytes, Address]], now: float, *, counted: bool) -> None:
+        """Datagrams from the underlay, initiations last (``counted``: their arrivals were
+        already taken from their host's bucket, core/cookie.py)."""
+        initiations: list[tuple[bytes, Address, bool]] = []
         for datagram, address in datagrams:
             try:
                 if len(datagram) < DATA_HEADER_LEN:
@@ -339,11 +349,33 @@ class DataPath:
                 elif kind == TYPE_FRAGMENT:
                     self._fragment_received(datagram, src, address, relayed, now)
                 elif kind == TYPE_INITIATION:
-                    self._initiation_received(datagram, address, relayed, now)
+                    initiations.append((datagram, address, relayed))
                 elif kind == TYPE_RESPONSE:
                     self._response_received(datagram, address, relayed, now)
+                elif kind == TYPE_COOKIE_REPLY:
+                    self._cookie_reply_received(datagram, now)
                 else:
                     raise BadPacket(DropReason.UNKNOWN_TYPE, str(kind))
+            except BadPacket as exc:
+                self.drops[exc.reason] += 1
+        if initiations:
+            self._initiations_received(initiations, now, counted)
+
+    def _initiations_received(
+        self, initiations: list[tuple[bytes, Address, bool]], now: float, counted: bool
+    ) -> None:
+        """The initiations of a batch, after its sessions' datagrams: at most
+        MAX_HANDSHAKES_PER_BATCH of them get a Diffie-Hellman; more mean "under load"."""
+        admitted = 0
+        for datagram, address, relayed in initiations:
+            try:
+                self._initiation_verdict(datagram, address, now, counted)
+                if admitted >= MAX_HANDSHAKES_PER_BATCH:
+                    self.cookies.overloaded(now)
+                    raise BadPacket(DropReason.HANDSHAKE_BUSY)
+                admitted += 1
+                self.cookies.handshakes_admitted += 1
+                self._initiation_received(datagram, address, relayed, now)
             except BadPacket as exc:
                 self.drops[exc.reason] += 1
 
@@ -358,6 +390,9 @@ class DataPath:
             if len(run) <= segment:  # one datagram: GRO found nothing to join it with
                 self.datagrams_received(((run, address),), now)
                 continue
+            if run[0] == TYPE_INITIATION and self.cookies.under_load(now):
+                self._initiation_run_received(run, address, segment, now)
+                continue
             if segment >= DATA_HEADER_LEN:
                 if run[4:8] == self._node_id_bytes:
                     if run[0] == TYPE_FRAGMENT:
@@ -371,6 +406,17 @@ class DataPath:
                 elif self._relayed_run(run, address, segment):
                     continue
             self.datagrams_received([(datagram, address) for datagram in datagrams_of(run, segment)], now)
+
+    def _initiation_run_received(self, run: bytes, address: Address, segment: int, now: float) -> None:
+        """A GRO run of initiations from one host while under load (a flood, most likely):
+        what its host's bucket has no token for is dropped whole, unparsed."""
+        count = -(-len(run) // segment)
+        allowed = self.cookies.arrivals_allowed(address[0], count, now)
+        if allowed < count:
+            self.drops[DropReason.RATE_LIMITED] += count - allowed
+        if allowed:
+            datagrams = datagrams_of(run[: allowed * segment], segment)
+            self._outside([(datagram, address) for datagram in datagrams], now, counted=True)
 
     def _relayed_run(self, run: bytes, address: Address, segment: int) -> bool:
         """Relay a run of datagrams all for the same other member as one run; False when
@@ -685,7 +731,14 @@ class DataPath:
         """Start (or restart) a handshake with ``peer``."""
         raise NotImplementedError
 
+    def _initiation_verdict(self, datagram: bytes, address: Address, now: float, counted: bool) -> Verdict:
+        """May this initiation cost a Diffie-Hellman? Raises BadPacket if not."""
+        raise NotImplementedError
+
     def _initiation_received(self, datagram: bytes, address: Address, relayed: bool, now: float) -> None:
+        raise NotImplementedError
+
+    def _cookie_reply_received(self, datagram: bytes, now: float) -> None:
         raise NotImplementedError
 
     def _response_received(self, datagram: bytes, address: Address, relayed: bool, now: float) -> None:

@@ -39,9 +39,6 @@ class MeshRoutes:
         self._dirty = True
         self._summary: bytes | None = None
 
-    def mark_dirty(self) -> None:
-        self._dirty = True
-
     def table(self) -> dict[int, Route]:
         if self._dirty:
             self._routes = compute_routes(self.node_id, self.database, self._live)

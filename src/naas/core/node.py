@@ -65,6 +65,7 @@ from naas.core.control_messages import (
     ProbeAck,
     encode_control,
 )
+from naas.core.cookie import COOKIE_LIFETIME, CookieResponder, Verdict, mac_key, open_cookie_reply, with_macs
 from naas.core.crypto import KEY_LEN, certificate_problem
 from naas.core.datapath import LOOPBACK, DataPath, warm_up_frame
 from naas.core.fragments import one_run_limit, piece_size_for
@@ -76,7 +77,7 @@ from naas.core.peer import Address, Peer, PendingHandshake
 from naas.core.session import Session
 from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER, pair_score, standing_threshold
 from naas.core.switch import MacTable
-from naas.core.topology import LinkView, MemberView, Reach, Topology
+from naas.core.topology import CONNECTING_FOR, LinkView, MemberView, Reach, Topology
 from naas.core.wire import (
     ETHERNET_HEADER_LEN,
     HANDSHAKE_TIMESTAMP,
@@ -84,8 +85,10 @@ from naas.core.wire import (
     PROLOGUE_PREFIX,
     BadPacket,
     DropReason,
+    pack_cookie_reply,
     pack_initiation,
     pack_response,
+    parse_cookie_reply_untrusted,
     parse_initiation_untrusted,
     parse_response_untrusted,
 )
@@ -145,6 +148,7 @@ class NodeCore(DataPath):
         self._prologue = PROLOGUE_PREFIX + network.name.encode()
         self._own_cert_bytes = certificate_to_bytes(identity.certificate)
         self._by_index: dict[int, tuple[Peer, Session]] = {}
+        self.cookies = CookieResponder(identity.certificate.static_public, random_bytes, now)
         self._pending_by_index: dict[int, Peer] = {}
         self._datagrams_out: list[tuple[bytes, Address]] = []
         # coalesced datagrams: (run, to, segment size)
@@ -255,10 +259,17 @@ class NodeCore(DataPath):
         )
         index = self._new_index()
         first = peer.pending.first_sent_at if peer.pending is not None else now
-        peer.pending = PendingHandshake(handshake, index, first, now)
+        cookie = peer.cookie if now - peer.cookie_at < COOKIE_LIFETIME else None
+        datagram, mac1 = with_macs(
+            pack_initiation(peer.node_id, self.node_id, index, message),
+            mac_key(peer.certificate.static_public),
+            cookie,
+        )
+        peer.pending = PendingHandshake(handshake, index, first, now, mac1, cookie is not None)
+        if peer.calling_since is None:
+            peer.calling_since = now
         self._pending_by_index[index] = peer
         self._tracked[peer.node_id] = peer
-        datagram = pack_initiation(peer.node_id, self.node_id, index, message)
         targets = [peer.current_endpoint] if peer.current_endpoint else []
         targets += [e for e in peer.endpoints if e != peer.current_endpoint]
         via = self._address_for(peer) if not peer.direct_up else None
@@ -267,7 +278,34 @@ class NodeCore(DataPath):
         for address in targets:
             self._datagrams_out.append((datagram, address))
 
+    def _initiation_verdict(self, datagram: bytes, address: Address, now: float, counted: bool) -> Verdict:
+        """Whether an initiation may cost a Diffie-Hellman (core/cookie.py). Under load,
+        one without a valid mac2 is answered with a cookie reply and dropped here."""
+        initiation = parse_initiation_untrusted(datagram)
+        verdict = self.cookies.check(datagram, address, now, counted=counted)
+        if verdict is Verdict.SEND_COOKIE:
+            body = self.cookies.cookie_reply_body(datagram, address, now)
+            reply = pack_cookie_reply(initiation.src_node, self.node_id, initiation.sender_index, body)
+            self._datagrams_out.append((reply, address))
+            raise BadPacket(DropReason.COOKIE_REQUIRED)
+        return verdict
+
+    def _cookie_reply_received(self, datagram: bytes, now: float) -> None:
+        """A responder under load sent us a cookie: keep it, and send the initiation again
+        at once, now with a mac2 that proves our address."""
+        reply = parse_cookie_reply_untrusted(datagram)
+        peer = self._pending_by_index.get(reply.receiver_index)
+        if peer is None or peer.pending is None or peer.node_id != reply.src_node:
+            raise BadPacket(DropReason.UNKNOWN_INDEX, "cookie reply")
+        peer.cookie = open_cookie_reply(peer.certificate.static_public, reply.body, peer.pending.mac1)
+        peer.cookie_at = now
+        if not peer.pending.with_cookie:
+            self._initiate(peer, now)
+
     def _initiation_received(self, datagram: bytes, address: Address, relayed: bool, now: float) -> None:
+        """An initiation that `_initiation_verdict` let through: the Noise handshake. The
+        member's endpoint does not move here: only data on the new session, which a
+        replayed initiation cannot produce, moves it (`_message_received`)."""
         initiation = parse_initiation_untrusted(datagram)
         handshake = ResponderHandshake(
             local_static_private=self.identity.static_private, prologue=self._prologue
@@ -305,8 +343,6 @@ class NodeCore(DataPath):
             keys, local_index=index, remote_index=initiation.sender_index, is_initiator=False, now=now
         )
         self._install_session(peer, session)
-        if not relayed:
-            self._endpoint_confirmed(peer, address, now)
         response = pack_response(peer.node_id, self.node_id, index, initiation.sender_index, message)
         self._datagrams_out.append((response, address if not relayed else self._address_for(peer) or address))
 
@@ -338,6 +374,7 @@ class NodeCore(DataPath):
             self._send_inner(peer, _KEEPALIVE, now)  # confirms the keys to the responder
 
     def _install_session(self, peer: Peer, session: Session) -> None:
+        peer.calling_since = None
         self._by_index[session.local_index] = (peer, session)
         self._tracked[peer.node_id] = peer
         for old in peer.add_session(session):
@@ -401,7 +438,6 @@ class NodeCore(DataPath):
             if reply_to is not None and 0 <= rtt < 60:
                 stats = peer.stats
                 stats.rtt = rtt if stats.rtt is None else 0.75 * stats.rtt + 0.25 * rtt
-                stats.probes_answered += 1
                 stats.unanswered = 0
                 if not peer.direct_up:
                     peer.direct_up = True
@@ -565,12 +601,12 @@ class NodeCore(DataPath):
         misses = stats.unanswered
         if misses >= LINK_DOWN_AFTER_MISSES and peer.direct_up:
             peer.direct_up = False
+            stats.rtt = None  # measured again when probes are answered
             self.link_state.update_local_links(now, urgent=True)
         address = peer.current_endpoint or (peer.endpoints[0] if peer.endpoints else None)
         if address is None:
             return
         peer.probe_seq += 1
-        stats.probes_sent += 1
         stats.unanswered += 1
         if misses or not peer.direct_up:  # likely lost: not the loss of the frames' path (core/loss.py)
             peer.tx_adaptation.blind_sent += 1
@@ -605,11 +641,12 @@ class NodeCore(DataPath):
             stats = peer.stats
             self._address_for(peer)  # refreshes relayed_via from the current routes
             via = self.peers.get(peer.relayed_via) if peer.relayed_via is not None else None
-            if peer.link_up(now):
+            direct = peer.link_up(now)
+            if direct:
                 reach = Reach.DIRECT
             elif session is not None and via is not None and via.link_up(now):
                 reach = Reach.RELAYED
-            elif peer.pending is not None:
+            elif peer.pending is not None and now - (peer.calling_since or now) < CONNECTING_FOR:
                 reach = Reach.CONNECTING
             elif session is None and not self._wanted(peer, now) and self.routes.next_hop(peer.node_id):
                 reach = Reach.IDLE  # a large mesh: no link until frames flow, and a path exists
@@ -626,7 +663,7 @@ class NodeCore(DataPath):
                     reach=reach,
                     via=via.name if reach is Reach.RELAYED and via is not None else None,
                     endpoint=f"{endpoint[0]}:{endpoint[1]}" if endpoint else None,
-                    rtt_ms=round(stats.rtt * 1000, 3) if stats.rtt is not None else None,
+                    rtt_ms=round(stats.rtt * 1000, 3) if stats.rtt is not None and direct else None,
                     rx_bytes=stats.rx_bytes,
                     tx_bytes=stats.tx_bytes,
                     rx_packets=stats.rx_packets,
@@ -651,9 +688,11 @@ class NodeCore(DataPath):
 
     def _live_links(self) -> tuple[LinkView, ...]:
         """Every link both ends advertise (the routing's two-way rule), ours from the live
-        measurements; RTT = the mean of the two ends' costs."""
+        measurements; RTT = the mean of the two ends' costs. Only links between members
+        this one has a path to: the last advertisements of members that went away (two
+        stopped PoPs still list their link) say nothing about the mesh any more."""
         routes, own = self.routes, self.node_id
-        known = set(self.peers) | {own}
+        known = {node for node in self.peers if routes.next_hop(node) is not None} | {own}
         links = []
         for a in sorted(known):
             for b, cost_ab in routes.neighbours_of(a).items():

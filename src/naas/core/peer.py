@@ -32,6 +32,8 @@ class PendingHandshake:
     local_index: int
     first_sent_at: float
     last_sent_at: float
+    mac1: bytes = b""  # of the initiation sent: a cookie reply is sealed to it (core/cookie.py)
+    with_cookie: bool = False  # the initiation carried a mac2
 
 
 @dataclass(slots=True)
@@ -41,8 +43,6 @@ class LinkStats:
     tx_packets: int = 0
     tx_bytes: int = 0
     rtt: float | None = None  # smoothed, seconds
-    probes_sent: int = 0
-    probes_answered: int = 0
     unanswered: int = 0  # consecutive probes without an answer
     last_rx: float | None = None
     handshakes: int = 0
@@ -57,9 +57,12 @@ class Peer:
     sessions: list[Session] = field(default_factory=list)
     pending: PendingHandshake | None = None
     last_initiation_stamp: int = 0  # largest handshake timestamp accepted (anti-replay)
+    cookie: bytes | None = None  # its cookie for our address, while it is under load (core/cookie.py)
+    cookie_at: float = float("-inf")
     queue: deque[bytes] = field(default_factory=lambda: deque(maxlen=MAX_QUEUED_FRAMES))
     next_probe_at: float = 0.0
     next_attempt_at: float = 0.0  # earliest new handshake attempt (backoff)
+    calling_since: float | None = None  # our initiations went unanswered since then
     attempt_backoff: float = 1.0
     probe_seq: int = 0
     greeted: bool = False  # a session_started event was logged

@@ -16,7 +16,6 @@ from naas.core.handshake import TransportKeys
 from naas.core.replay import ReplayWindow
 from naas.core.wire import (
     DATA_AAD_SLICE,
-    DATA_HEADER_LEN,
     SEALED_HEADER,
     TYPE_DATA,
     TYPE_FRAGMENT,
@@ -90,10 +89,6 @@ class Session:
         self.send_counter = counter + 1
         header = SEALED_HEADER.pack(kind, hop_limit, 0, dst_node, src_node, self.remote_index, counter)
         return header, self._send.seal(counter, inner, header[DATA_AAD_SLICE])
-
-    def open(self, datagram: bytes, counter: int, now: float) -> bytes:
-        """The inner payload of a DATA datagram addressed to this session."""
-        return self.open_sealed(datagram[DATA_AAD_SLICE], counter, datagram[DATA_HEADER_LEN:], now)
 
     @property
     def lost(self) -> int:

@@ -17,13 +17,16 @@ Reach, from the local member's point of view:
     direct        a live direct link (probes answered, session up)
     relayed       a session, no live direct link: traffic goes via another member
     idle          a large mesh (core/standing.py): no link until frames flow, a path exists
-    connecting    a handshake is in flight
-    unreachable   none of the above
+    connecting    a handshake is in flight, for less than CONNECTING_FOR seconds
+    unreachable   none of the above (a member that went away, after CONNECTING_FOR)
+
+A member's RTT is shown while its direct link is up, and only then.
 
 Links are the two-way links of the link-state database (both ends advertise them, the
-rule routing uses) plus this member's own live links; the RTT shown is the mean of the
-two ends' advertised costs. ``from_dict`` parses the JSON form back (the CLI reads it from
-the agent's control socket) and rejects anything malformed with TopologyError.
+rule routing uses) between members this one has a path to, plus its own live links; the
+RTT shown is the mean of the two ends' advertised costs. ``from_dict`` parses the JSON
+form back (the CLI reads it from the agent's control socket) and rejects anything
+malformed with TopologyError.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+CONNECTING_FOR = 10.0  # seconds of unanswered initiations after which a member is unreachable
 
 
 class Reach(enum.Enum):

@@ -6,12 +6,15 @@ reads: it forwards on ``dst_node`` and decrements ``hop_limit`` without decrypti
     0      1         2        4           8           12
     | type | hop_lim | flags  | dst_node  | src_node  | type-specific ...
 
-    INITIATION (1): sender_index u32 | Noise IK message 1
+    INITIATION (1): sender_index u32 | Noise IK message 1 | mac1 (16) | mac2 (16)
     RESPONSE   (2): sender_index u32 | receiver_index u32 | Noise IK message 2
     DATA       (3): receiver_index u32 | counter u64 | AEAD(inner) incl. 16-byte tag
     FRAGMENT   (4): receiver_index u32 | counter u64 | index u8 | count u8 | piece
                     (one of ``count`` pieces of an AEAD(inner) too big for one datagram;
                     see core/fragments.py)
+    COOKIE_REPLY (5): receiver_index u32 | nonce (12) | sealed cookie (16 + 16)
+                    (the answer of a responder under load to an initiation without a
+                    valid mac2; see core/cookie.py)
 
 The AEAD additional data of a DATA packet, and of a FRAGMENT message, is bytes 2..24
 (flags, dst, src, receiver index, counter): every header byte but the type and the hop
@@ -36,13 +39,15 @@ from dataclasses import dataclass
 
 PROTOCOL_NAME = b"Noise_IK_25519_AESGCM_SHA256"
 # + network name: peers of other networks, or of another protocol version, fail the handshake.
-# naas/2 added FRAGMENT datagrams and OFFLOAD_FRAME inners.
-PROLOGUE_PREFIX = b"naas/2 "
+# naas/2 added FRAGMENT datagrams and OFFLOAD_FRAME inners; naas/3 the MACs of
+# initiations and COOKIE_REPLY datagrams (core/cookie.py).
+PROLOGUE_PREFIX = b"naas/3 "
 
 TYPE_INITIATION = 1
 TYPE_RESPONSE = 2
 TYPE_DATA = 3
 TYPE_FRAGMENT = 4
+TYPE_COOKIE_REPLY = 5
 
 INNER_KEEPALIVE = 0
 INNER_FRAME = 1
@@ -59,11 +64,15 @@ RESPONSE_HEAD = struct.Struct("!II")  # sender index, receiver index
 DATA_HEAD = struct.Struct("!IQ")  # receiver index, counter (also the AEAD nonce)
 SEALED_HEADER = struct.Struct("!BBHIIIQ")  # OUTER then DATA_HEAD: DATA and FRAGMENT headers
 HANDSHAKE_TIMESTAMP = struct.Struct("!Q")  # initiation payload prefix: wall clock, ms
+COOKIE_REPLY_HEAD = struct.Struct("!I")  # receiver index (the initiation's sender index)
 
 NOISE_KEY_LEN = 32
 NOISE_TAG_LEN = 16
 AEAD_TAG_LEN = 16
 INITIATION_NOISE_MIN = NOISE_KEY_LEN + (NOISE_KEY_LEN + NOISE_TAG_LEN) + NOISE_TAG_LEN
+MAC_LEN = 16  # mac1 and mac2 of an initiation (core/cookie.py)
+COOKIE_NONCE_LEN = 12
+COOKIE_REPLY_LEN = OUTER.size + COOKIE_REPLY_HEAD.size + COOKIE_NONCE_LEN + MAC_LEN + AEAD_TAG_LEN  # 60
 RESPONSE_NOISE_MIN = NOISE_KEY_LEN + NOISE_TAG_LEN
 DATA_HEADER_LEN = OUTER.size + DATA_HEAD.size  # 24
 assert SEALED_HEADER.size == DATA_HEADER_LEN
@@ -108,6 +117,11 @@ class DropReason(enum.Enum):
     BAD_OFFLOAD = "bad_offload"  # a virtio-net header (checksum or segmentation) not fitting its frame
     BAD_FRAGMENT = "bad_fragment"  # a FRAGMENT datagram whose index, count or size does not add up
     FRAGMENTS_INCOMPLETE = "fragments_incomplete"  # a fragmented message given up before it was whole
+    BAD_MAC = "bad_mac"  # an initiation whose mac1 does not hold (core/cookie.py)
+    COOKIE_REQUIRED = "cookie_required"  # under load, an initiation without a valid mac2: a cookie went back
+    RATE_LIMITED = "rate_limited"  # an initiation past its host's rate while under load
+    HANDSHAKE_BUSY = "handshake_busy"  # an initiation past the handshakes one batch may take
+    BAD_COOKIE_REPLY = "bad_cookie_reply"  # a COOKIE_REPLY of the wrong size, or that does not open
 
 
 class BadPacket(Exception):
@@ -134,20 +148,42 @@ class Response:
 
 
 def pack_initiation(dst: int, src: int, sender_index: int, noise_message: bytes) -> bytes:
+    """An INITIATION with both MACs zero: core/cookie.py fills them in."""
     return (
         OUTER.pack(TYPE_INITIATION, DEFAULT_HOP_LIMIT, 0, dst, src)
         + INITIATION_HEAD.pack(sender_index)
         + noise_message
+        + bytes(2 * MAC_LEN)
     )
 
 
 def parse_initiation_untrusted(datagram: bytes) -> Initiation:
     start = OUTER.size + INITIATION_HEAD.size
-    if len(datagram) < start + INITIATION_NOISE_MIN:
+    if len(datagram) < start + INITIATION_NOISE_MIN + 2 * MAC_LEN:
         raise BadPacket(DropReason.TOO_SHORT, "initiation")
     (sender_index,) = INITIATION_HEAD.unpack_from(datagram, OUTER.size)
     _, _, _, _, src = OUTER.unpack_from(datagram)
-    return Initiation(src, sender_index, bytes(datagram[start:]))
+    return Initiation(src, sender_index, bytes(datagram[start : len(datagram) - 2 * MAC_LEN]))
+
+
+@dataclass(frozen=True, slots=True)
+class CookieReply:
+    src_node: int
+    receiver_index: int
+    body: bytes  # nonce | sealed cookie (core/cookie.py opens it)
+
+
+def pack_cookie_reply(dst: int, src: int, receiver_index: int, body: bytes) -> bytes:
+    outer = OUTER.pack(TYPE_COOKIE_REPLY, DEFAULT_HOP_LIMIT, 0, dst, src)
+    return outer + COOKIE_REPLY_HEAD.pack(receiver_index) + body
+
+
+def parse_cookie_reply_untrusted(datagram: bytes) -> CookieReply:
+    if len(datagram) != COOKIE_REPLY_LEN:
+        raise BadPacket(DropReason.BAD_COOKIE_REPLY, f"{len(datagram)} bytes")
+    (receiver_index,) = COOKIE_REPLY_HEAD.unpack_from(datagram, OUTER.size)
+    _, _, _, _, src = OUTER.unpack_from(datagram)
+    return CookieReply(src, receiver_index, bytes(datagram[OUTER.size + COOKIE_REPLY_HEAD.size :]))
 
 
 def pack_response(dst: int, src: int, sender_index: int, receiver_index: int, noise_message: bytes) -> bytes:
@@ -165,10 +201,6 @@ def parse_response_untrusted(datagram: bytes) -> Response:
     sender_index, receiver_index = RESPONSE_HEAD.unpack_from(datagram, OUTER.size)
     _, _, _, _, src = OUTER.unpack_from(datagram)
     return Response(src, sender_index, receiver_index, bytes(datagram[start:]))
-
-
-def pack_data_header(dst: int, src: int, receiver_index: int, counter: int) -> bytes:
-    return OUTER.pack(TYPE_DATA, DEFAULT_HOP_LIMIT, 0, dst, src) + DATA_HEAD.pack(receiver_index, counter)
 
 
 def with_hop_limit(datagram: bytes, hop_limit: int) -> bytes:

@@ -245,9 +245,6 @@ class Simulator:
     def restore(self, a: str, b: str) -> None:
         self._cuts.discard(self._pair(a, b))
 
-    def is_cut(self, a: str, b: str) -> bool:
-        return self._pair(a, b) in self._cuts
-
     def crash(self, name: str) -> None:
         """The node stops for good: nothing in or out, no more timers."""
         self.nodes[name].crashed = True

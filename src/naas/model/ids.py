@@ -40,13 +40,6 @@ def format_mac(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
-def parse_mac(text: str) -> bytes:
-    parts = text.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-        raise ValueError(f"not a MAC address: {text!r}")
-    return bytes(int(p, 16) for p in parts)
-
-
 @dataclass(frozen=True, slots=True, order=True)
 class Endpoint:
     """An underlay UDP address (host, port) where a member can be reached."""
