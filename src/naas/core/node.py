@@ -65,39 +65,30 @@ from naas.core.control_messages import (
     ProbeAck,
     encode_control,
 )
-from naas.core.cookie import COOKIE_LIFETIME, CookieResponder, Verdict, mac_key, open_cookie_reply, with_macs
+from naas.core.cookie import CookieResponder
 from naas.core.crypto import KEY_LEN, certificate_problem
-from naas.core.datapath import LOOPBACK, DataPath, warm_up_frame
+from naas.core.datapath import LOOPBACK, warm_up_frame
 from naas.core.fragments import one_run_limit, piece_size_for
-from naas.core.handshake import HandshakeError, InitiatorHandshake, ResponderHandshake, TransportKeys
+from naas.core.handshake import TransportKeys
+from naas.core.handshakes import Handshakes
 from naas.core.link_state_sync import LinkStateSync
 from naas.core.loss import SPLIT_HOLD
 from naas.core.membership_sync import MembershipSync
-from naas.core.peer import Address, Peer, PendingHandshake
+from naas.core.peer import Address, Peer
 from naas.core.session import Session
 from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER, pair_score, standing_threshold
 from naas.core.switch import MacTable
 from naas.core.topology import CONNECTING_FOR, LinkView, MemberView, Reach, Topology
 from naas.core.wire import (
     ETHERNET_HEADER_LEN,
-    HANDSHAKE_TIMESTAMP,
-    INNER_KEEPALIVE,
     PROLOGUE_PREFIX,
-    BadPacket,
     DropReason,
-    pack_cookie_reply,
-    pack_initiation,
-    pack_response,
-    parse_cookie_reply_untrusted,
-    parse_initiation_untrusted,
-    parse_response_untrusted,
 )
 from naas.model.certificate import Certificate
-from naas.model.codec import CodecError, certificate_from_bytes_untrusted, certificate_to_bytes
+from naas.model.codec import certificate_to_bytes
 from naas.model.ids import format_mac
 from naas.model.network import MemberRecord, NetworkInfo
 
-_KEEPALIVE = bytes((INNER_KEEPALIVE,))
 DHCP_LEASE_SECONDS = 3600
 
 
@@ -116,7 +107,7 @@ class NodeEvent:
     detail: str = ""
 
 
-class NodeCore(DataPath):
+class NodeCore(Handshakes):
     def __init__(
         self,
         identity: LocalIdentity,
@@ -242,145 +233,6 @@ class NodeCore(DataPath):
             self._next_deadline = now
         peer.active_until = now + IDLE_LINK_AFTER
 
-    # -- handshakes ---------------------------------------------------------------------------
-
-    def _initiate(self, peer: Peer, now: float) -> None:
-        if peer.pending is not None:
-            self._pending_by_index.pop(peer.pending.local_index, None)
-        handshake = InitiatorHandshake(
-            local_static_private=self.identity.static_private,
-            remote_static_public=peer.certificate.static_public,
-            prologue=self._prologue,
-        )
-        stamp = max(self._last_stamp + 1, int((now + self._wall_offset) * 1000))
-        self._last_stamp = stamp
-        message = handshake.create_initiation(
-            self._random(32), HANDSHAKE_TIMESTAMP.pack(stamp) + self._own_cert_bytes
-        )
-        index = self._new_index()
-        first = peer.pending.first_sent_at if peer.pending is not None else now
-        cookie = peer.cookie if now - peer.cookie_at < COOKIE_LIFETIME else None
-        datagram, mac1 = with_macs(
-            pack_initiation(peer.node_id, self.node_id, index, message),
-            mac_key(peer.certificate.static_public),
-            cookie,
-        )
-        peer.pending = PendingHandshake(handshake, index, first, now, mac1, cookie is not None)
-        if peer.calling_since is None:
-            peer.calling_since = now
-        self._pending_by_index[index] = peer
-        self._tracked[peer.node_id] = peer
-        targets = [peer.current_endpoint] if peer.current_endpoint else []
-        targets += [e for e in peer.endpoints if e != peer.current_endpoint]
-        via = self._address_for(peer) if not peer.direct_up else None
-        if via is not None and via not in targets:
-            targets.append(via)  # through the next hop, in case the direct path is down
-        for address in targets:
-            self._datagrams_out.append((datagram, address))
-
-    def _initiation_verdict(self, datagram: bytes, address: Address, now: float, counted: bool) -> Verdict:
-        """Whether an initiation may cost a Diffie-Hellman (core/cookie.py). Under load,
-        one without a valid mac2 is answered with a cookie reply and dropped here."""
-        initiation = parse_initiation_untrusted(datagram)
-        verdict = self.cookies.check(datagram, address, now, counted=counted)
-        if verdict is Verdict.SEND_COOKIE:
-            body = self.cookies.cookie_reply_body(datagram, address, now)
-            reply = pack_cookie_reply(initiation.src_node, self.node_id, initiation.sender_index, body)
-            self._datagrams_out.append((reply, address))
-            raise BadPacket(DropReason.COOKIE_REQUIRED)
-        return verdict
-
-    def _cookie_reply_received(self, datagram: bytes, now: float) -> None:
-        """A responder under load sent us a cookie: keep it, and send the initiation again
-        at once, now with a mac2 that proves our address."""
-        reply = parse_cookie_reply_untrusted(datagram)
-        peer = self._pending_by_index.get(reply.receiver_index)
-        if peer is None or peer.pending is None or peer.node_id != reply.src_node:
-            raise BadPacket(DropReason.UNKNOWN_INDEX, "cookie reply")
-        peer.cookie = open_cookie_reply(peer.certificate.static_public, reply.body, peer.pending.mac1)
-        peer.cookie_at = now
-        if not peer.pending.with_cookie:
-            self._initiate(peer, now)
-
-    def _initiation_received(self, datagram: bytes, address: Address, relayed: bool, now: float) -> None:
-        """An initiation that `_initiation_verdict` let through: the Noise handshake. The
-        member's endpoint does not move here: only data on the new session, which a
-        replayed initiation cannot produce, moves it (`_message_received`)."""
-        initiation = parse_initiation_untrusted(datagram)
-        handshake = ResponderHandshake(
-            local_static_private=self.identity.static_private, prologue=self._prologue
-        )
-        try:
-            payload = handshake.consume_initiation(initiation.noise_message)
-        except HandshakeError:
-            raise BadPacket(DropReason.HANDSHAKE_FAILED) from None
-        if len(payload) < HANDSHAKE_TIMESTAMP.size:
-            raise BadPacket(DropReason.HANDSHAKE_FAILED, "short payload")
-        (stamp,) = HANDSHAKE_TIMESTAMP.unpack_from(payload)
-        try:
-            cert = certificate_from_bytes_untrusted(payload[HANDSHAKE_TIMESTAMP.size :])
-        except CodecError:
-            raise BadPacket(DropReason.BAD_CERTIFICATE, "undecodable") from None
-        if (
-            cert.node_id != initiation.src_node
-            or cert.static_public != handshake.remote_static_public
-            or cert.node_id == self.node_id
-            or certificate_problem(cert, self.network.ca_public, self.network.name, now + self._wall_offset)
-        ):
-            raise BadPacket(DropReason.BAD_CERTIFICATE)
-        peer = self.peers.get(cert.node_id)
-        if peer is None or peer.certificate != cert:
-            self._learn_member(MemberRecord(cert), now, gossip=True)
-            peer = self.peers[cert.node_id]
-            if peer.certificate != cert:
-                raise BadPacket(DropReason.BAD_CERTIFICATE, "superseded certificate")
-        if stamp <= peer.last_initiation_stamp:
-            raise BadPacket(DropReason.STALE_INITIATION)
-        peer.last_initiation_stamp = stamp
-        index = self._new_index()
-        message, keys = handshake.create_response(self._random(32), b"")
-        session = Session(
-            keys, local_index=index, remote_index=initiation.sender_index, is_initiator=False, now=now
-        )
-        self._install_session(peer, session)
-        response = pack_response(peer.node_id, self.node_id, index, initiation.sender_index, message)
-        self._datagrams_out.append((response, address if not relayed else self._address_for(peer) or address))
-
-    def _response_received(self, datagram: bytes, address: Address, relayed: bool, now: float) -> None:
-        response = parse_response_untrusted(datagram)
-        peer = self._pending_by_index.get(response.receiver_index)
-        if peer is None or peer.pending is None or peer.node_id != response.src_node:
-            raise BadPacket(DropReason.UNKNOWN_INDEX)
-        try:
-            _payload, keys = peer.pending.handshake.consume_response(response.noise_message)
-        except HandshakeError:
-            raise BadPacket(DropReason.HANDSHAKE_FAILED) from None
-        del self._pending_by_index[response.receiver_index]
-        session = Session(
-            keys,
-            local_index=peer.pending.local_index,
-            remote_index=response.sender_index,
-            is_initiator=True,
-            now=now,
-        )
-        peer.pending = None
-        peer.attempt_backoff = 1.0
-        self._install_session(peer, session)
-        if not relayed:
-            self._endpoint_confirmed(peer, address, now)
-        had_queued = bool(peer.queue)
-        self._session_ready(peer, now)  # sends what was queued: that confirms the keys too
-        if not had_queued:
-            self._send_inner(peer, _KEEPALIVE, now)  # confirms the keys to the responder
-
-    def _install_session(self, peer: Peer, session: Session) -> None:
-        peer.calling_since = None
-        self._by_index[session.local_index] = (peer, session)
-        self._tracked[peer.node_id] = peer
-        for old in peer.add_session(session):
-            self._by_index.pop(old.local_index, None)
-        peer.stats.handshakes += 1
-
     def _session_ready(self, peer: Peer, now: float) -> None:
         """A session became usable for sending: flush the queue, greet a new peer."""
         while peer.queue:
@@ -395,13 +247,6 @@ class NodeCore(DataPath):
         self.membership.session_started(peer, now)
         self.link_state.session_started(peer, now)
         self._next_deadline = now
-
-    def _new_index(self) -> int:
-        for _ in range(16):
-            index = int.from_bytes(self._random(4), "big")
-            if index and index not in self._by_index and index not in self._pending_by_index:
-                return index
-        raise RuntimeError("cannot find a free session index")
 
     # -- sending control messages (for the sync modules too) ------------------------------
 

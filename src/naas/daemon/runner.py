@@ -455,6 +455,17 @@ class Agent:
         assert self.core is not None
         return self.core.topology(self._now())
 
+    def _handshake_status(self) -> dict[str, Any]:
+        """The responder's flood protection (core/cookie.py), for `naas status --json`."""
+        assert self.core is not None
+        cookies = self.core.cookies
+        return {
+            "under_load": cookies.under_load(self._now()),
+            "admitted": cookies.handshakes_admitted,
+            "cookies_sent": cookies.cookies_sent,
+            "hosts_tracked": cookies.sources_tracked,
+        }
+
     async def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
         assert self.core is not None
         cmd = request.get("cmd")
@@ -474,6 +485,7 @@ class Agent:
                 "express_received": self.express_received,
                 "udp_send_drops": {k.value: v for k, v in self._udp.drops.items()} if self._udp else {},
                 "tap_write_drops": {k.value: v for k, v in self._tap.drops.items()} if self._tap else {},
+                "handshakes": self._handshake_status(),
             }
             if self.extra_status is not None:
                 status.update(self.extra_status())
