@@ -7,6 +7,7 @@ between them resumes through another member, then goes direct again after restor
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,10 @@ from typing import Any
 import pytest
 from conftest import requires_root, running_story
 
+from naas.core.cookie import mac_key, with_macs
+from naas.core.handshake import InitiatorHandshake
+from naas.core.wire import HANDSHAKE_TIMESTAMP, PROLOGUE_PREFIX, pack_initiation
+from naas.daemon.state import client_node_dir
 from naas.lab.story import NETWORK, Story
 
 pytestmark = [pytest.mark.netns, requires_root]
@@ -85,3 +90,68 @@ def _the_drawing_shows_the_detour(story: Story) -> None:
     )
     ali = next(line for line in dot.splitlines() if f"n{ids['ali-db-1']} [" in line)
     assert "via " in ali and "#9ecae1" in ali, ali  # the relayed colour (views/dot.py)
+
+
+STRANGER_SENDER = """
+import socket, sys, time
+host, port, path, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+blob = open(path, "rb").read()
+size = int.from_bytes(blob[:4], "big")
+datagrams = [blob[4 + i : 4 + i + size] for i in range(0, len(blob) - 4, size)]
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sent, end = 0, time.monotonic() + seconds
+while time.monotonic() < end and sent < 2_000_000:
+    for datagram in datagrams:
+        sock.sendto(datagram, (host, port))
+    sent += len(datagrams)
+print(sent)
+"""
+
+
+def test_a_handshake_flood_from_a_stranger_asks_cookies_and_keeps_the_mesh(story: Story) -> None:
+    """The router namespace (no member of the mesh) sends well-formed initiations to
+    desktop's mesh port as fast as one Python loop can (core/cookie.py): desktop comes
+    under load, answers cookies, drops the rest on its rate limits, and keeps its links.
+
+        router (stranger) ==initiations==> desktop:5640
+    """
+    cert = client_node_dir(story.state_dir("desktop"), NETWORK).load_identity().certificate
+    datagrams = []
+    for index in range(32):
+        handshake = InitiatorHandshake(
+            local_static_private=bytes([index + 1]) * 32,
+            remote_static_public=cert.static_public,
+            prologue=PROLOGUE_PREFIX + NETWORK.encode(),
+        )
+        payload = HANDSHAKE_TIMESTAMP.pack(int(time.time() * 1000) + index) + b"{}" + bytes(400)
+        message = handshake.create_initiation(bytes([index + 77]) * 32, payload)
+        datagram = pack_initiation(cert.node_id, 4242, index + 1, message)
+        datagrams.append(with_macs(datagram, mac_key(cert.static_public), None)[0])
+    blob = story.workdir / "initiations.bin"
+    blob.write_bytes(len(datagrams[0]).to_bytes(4, "big") + b"".join(datagrams))
+    before = story.status("desktop")
+    sender = story.lab.router.popen(
+        ["python3", "-c", STRANGER_SENDER, str(story.lab.host("desktop").address), "5640", str(blob), "4"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        during = story.status("desktop")
+        answered = story.ping("aws-web-1", story.overlay_ip("desktop"), count=5, wait=1.0)
+        out, _ = sender.communicate(timeout=30)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+    sent = int(out.strip())
+    after = story.status("desktop")
+    assert sent > 1000, sent
+    assert during["agent"]["handshakes"]["under_load"] is True
+    assert after["agent"]["handshakes"]["cookies_sent"] > before["agent"]["handshakes"]["cookies_sent"]
+    drops = {reason: count - before["drops"].get(reason, 0) for reason, count in after["drops"].items()}
+    assert drops.get("rate_limited", 0) + drops.get("cookie_required", 0) > sent * 0.5, (sent, drops)
+    spent = after["agent"]["handshakes"]["admitted"] - before["agent"]["handshakes"]["admitted"]
+    assert spent < 200, f"{spent} Diffie-Hellman for {sent} initiations"
+    assert answered is not None, "a ping crossed the mesh during the flood"
+    assert [peer["name"] for peer in after["peers"] if peer["path"] != "direct"] == []

@@ -10,7 +10,7 @@ defence follows WireGuard's (whitepaper section 5.4.4); the code is ours:
    the datagram (all but the hop limit, which relays rewrite) under a key derived from
    the *responder's* static public key. It is checked before anything else: random or
    mangled datagrams cost one hash, never a Diffie-Hellman.
-2. **Load.** The responder counts initiations whose mac1 holds. More than
+2. **Load.** The responder counts the initiations that arrive. More than
    ``UNDER_LOAD_INITIATIONS`` in one second (or more than its per-batch budget, see
    core/datapath.py) puts it *under load* for ``UNDER_LOAD_HOLD`` seconds.
 3. **Cookies, only under load.** Under load an initiation must also carry a valid
@@ -24,7 +24,7 @@ defence follows WireGuard's (whitepaper section 5.4.4); the code is ours:
    proves the source address is the sender's own: it received the reply there.
 4. **Per-source limits, only under load.** Every initiation from a host takes a token
    from that host's ``arrivals`` bucket (``ARRIVALS_PER_SOURCE`` a second) before any
-   hash; one with a valid mac2 also takes one from its ``handshakes`` bucket
+   hash, even mac1's; one with a valid mac2 also takes one from its ``handshakes`` bucket
    (``HANDSHAKES_PER_SOURCE`` a second) before the Diffie-Hellman. An empty bucket drops
    the initiation (``rate_limited``). The arrivals bucket lets the data path drop a
    whole UDP GRO run of a flooding host with one look (``runs_received``). Buckets are
@@ -56,7 +56,7 @@ _MAC1_LABEL = b"mac1----"
 _COOKIE_LABEL = b"cookie--"
 COOKIE_SECRET_LIFETIME = 120.0  # the responder's cookie secret changes this often
 COOKIE_LIFETIME = COOKIE_SECRET_LIFETIME - 5.0  # an initiator uses a cookie at most this long
-UNDER_LOAD_INITIATIONS = 64  # initiations (mac1 valid) in one second that mean "under load"
+UNDER_LOAD_INITIATIONS = 64  # initiations in one second that mean "under load"
 UNDER_LOAD_HOLD = 1.0  # seconds a responder stays under load after the last sign of it
 
 # -- implementation limits ------------------------------------------------------------------
@@ -197,23 +197,23 @@ class CookieResponder:
         """Decide on one initiation (the whole datagram, MACs last). Raises BadPacket
         (``bad_mac``, ``rate_limited``) for one to drop silently. ``counted``: its
         arrivals token was already taken (a run looked at as a whole)."""
+        under_load = self.under_load(now)
+        if not counted:
+            self._count_arrival(now)
+            if under_load and not self._arrivals.take(address[0], now):
+                raise BadPacket(DropReason.RATE_LIMITED, "arrivals")
         mac1_at = len(datagram) - 2 * MAC_LEN
         mac1 = datagram[mac1_at : mac1_at + MAC_LEN]
         if not crypto.mac16_equal(compute_mac1(self._mac1_key, datagram), mac1):
             raise BadPacket(DropReason.BAD_MAC)
-        if not counted:
-            self._count_arrival(now)
-        if not self.under_load(now):
+        if not (under_load or self.under_load(now)):
             return Verdict.ACCEPT
-        host = address[0]
-        if not counted and not self._arrivals.take(host, now):
-            raise BadPacket(DropReason.RATE_LIMITED, "arrivals")
         mac2 = datagram[mac1_at + MAC_LEN :]
         if mac2 == _ZERO_MAC or not crypto.mac16_equal(
             compute_mac2(self._cookie(address, now), datagram), mac2
         ):
             return Verdict.SEND_COOKIE
-        if not self._handshakes.take(host, now):
+        if not self._handshakes.take(address[0], now):
             raise BadPacket(DropReason.RATE_LIMITED, "handshakes")
         return Verdict.ACCEPT
 

@@ -34,6 +34,7 @@ from naas.core.peer import Address, Peer, PendingHandshake
 from naas.core.session import Session
 from naas.core.wire import (
     HANDSHAKE_TIMESTAMP,
+    INITIATION_MIN,
     INNER_KEEPALIVE,
     BadPacket,
     DropReason,
@@ -101,9 +102,11 @@ class Handshakes(DataPath):
     def _initiation_verdict(self, datagram: bytes, address: Address, now: float, counted: bool) -> Verdict:
         """Whether an initiation may cost a Diffie-Hellman (core/cookie.py). Under load,
         one without a valid mac2 is answered with a cookie reply and dropped here."""
-        initiation = parse_initiation_untrusted(datagram)
+        if len(datagram) < INITIATION_MIN:
+            raise BadPacket(DropReason.TOO_SHORT, "initiation")
         verdict = self.cookies.check(datagram, address, now, counted=counted)
         if verdict is Verdict.SEND_COOKIE:
+            initiation = parse_initiation_untrusted(datagram)
             body = self.cookies.cookie_reply_body(datagram, address, now)
             reply = pack_cookie_reply(initiation.src_node, self.node_id, initiation.sender_index, body)
             self._datagrams_out.append((reply, address))

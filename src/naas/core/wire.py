@@ -75,6 +75,7 @@ COOKIE_NONCE_LEN = 12
 COOKIE_REPLY_LEN = OUTER.size + COOKIE_REPLY_HEAD.size + COOKIE_NONCE_LEN + MAC_LEN + AEAD_TAG_LEN  # 60
 RESPONSE_NOISE_MIN = NOISE_KEY_LEN + NOISE_TAG_LEN
 DATA_HEADER_LEN = OUTER.size + DATA_HEAD.size  # 24
+INITIATION_MIN = OUTER.size + INITIATION_HEAD.size + INITIATION_NOISE_MIN + 2 * MAC_LEN  # 144
 assert SEALED_HEADER.size == DATA_HEADER_LEN
 DATA_AAD_SLICE = slice(2, DATA_HEADER_LEN)
 # Bytes a DATA packet adds to an Ethernet frame: header, inner kind byte, AEAD tag.
@@ -159,7 +160,7 @@ def pack_initiation(dst: int, src: int, sender_index: int, noise_message: bytes)
 
 def parse_initiation_untrusted(datagram: bytes) -> Initiation:
     start = OUTER.size + INITIATION_HEAD.size
-    if len(datagram) < start + INITIATION_NOISE_MIN + 2 * MAC_LEN:
+    if len(datagram) < INITIATION_MIN:
         raise BadPacket(DropReason.TOO_SHORT, "initiation")
     (sender_index,) = INITIATION_HEAD.unpack_from(datagram, OUTER.size)
     _, _, _, _, src = OUTER.unpack_from(datagram)
