@@ -365,7 +365,12 @@ class DataPath:
         self, initiations: list[tuple[bytes, Address, bool]], now: float, counted: bool
     ) -> None:
         """The initiations of a batch, after its sessions' datagrams: at most
-        MAX_HANDSHAKES_PER_BATCH of them get a Diffie-Hellman; more mean "under load"."""
+        MAX_HANDSHAKES_PER_BATCH of them get a Diffie-Hellman; more mean "under load".
+        Under load, each host's bucket is asked once for all of its initiations in the
+        batch, and those it has no token for are dropped together (core/cookie.py)."""
+        if not counted and len(initiations) > 1 and self.cookies.under_load(now):
+            initiations = self._within_arrivals(initiations, now)
+            counted = True
         admitted = 0
         for datagram, address, relayed in initiations:
             try:
@@ -378,6 +383,24 @@ class DataPath:
                 self._initiation_received(datagram, address, relayed, now)
             except BadPacket as exc:
                 self.drops[exc.reason] += 1
+
+    def _within_arrivals(
+        self, initiations: list[tuple[bytes, Address, bool]], now: float
+    ) -> list[tuple[bytes, Address, bool]]:
+        """The initiations of a batch that their hosts' arrivals buckets let through."""
+        per_host: dict[str, int] = {}
+        for _, address, _ in initiations:
+            per_host[address[0]] = per_host.get(address[0], 0) + 1
+        allowed = {host: self.cookies.arrivals_allowed(host, count, now) for host, count in per_host.items()}
+        kept = []
+        for item in initiations:
+            host = item[1][0]
+            if allowed[host]:
+                allowed[host] -= 1
+                kept.append(item)
+        if len(kept) < len(initiations):
+            self.drops[DropReason.RATE_LIMITED] += len(initiations) - len(kept)
+        return kept
 
     def runs_received(self, runs: Iterable[tuple[bytes, Address, int]], now: float) -> None:
         """Coalesced datagrams from UDP GRO: ``(run, sender, segment size)``.
