@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,10 +14,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from conftest import requires_root
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import requires_root
 from naas.daemon.runner import POLL_LINGER
 from naas.lab.story import NETWORK, Story, enrollment_argv
 
@@ -99,13 +100,36 @@ def test_underlay_capture_has_no_plaintext(enrolled_story: Story) -> None:
     assert bytes.fromhex(marker) in inside_data
 
 
+def test_no_invitation_token_shows_in_a_command_line(enrolled_story: Story) -> None:
+    """Clients enroll with the URL on standard input: its token is in no argv the story
+    ran, and in no process running now (the agents the enrollments started included)."""
+    story = enrolled_story
+    tokens = [re.search(r"token=([^&]+)", url).group(1) for url in story.invitations.values()]  # type: ignore[union-attr]
+    assert len(tokens) == len(story.clients) and all(len(t) >= 43 for t in tokens)
+    enrollments = [
+        argv for argv in story.commands if Path(argv[0]).name == "naas-enrollment" or "join" in argv
+    ]
+    assert len(enrollments) >= len(story.clients) and all("-" in argv for argv in enrollments)
+    for argv in story.commands:
+        assert not any(token in word for token in tokens for word in argv), argv
+    agents = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().decode(errors="replace")
+        except OSError:
+            continue  # gone
+        agents += "agent\0--node-dir" in words
+        assert not any(token in words for token in tokens), words
+    assert agents >= len(story.clients), "the agents were looked at"
+
+
 def test_reused_invitation_fails_and_writes_nothing(enrolled_story: Story) -> None:
     story = enrolled_story
     url = story.invitations["desktop"]
     state = story.state_dir("desktop")
     before = sorted(str(p) for p in state.rglob("*") if not p.name.startswith("agent."))
     fresh = story.workdir / "hosts" / "reuser"
-    reuse = story.run("desktop", enrollment_argv(url, "--state-dir", str(fresh)), timeout=60)
+    reuse = story.run("desktop", enrollment_argv("-", "--state-dir", str(fresh)), timeout=60, input=url)
     assert reuse.returncode == 1
     assert "already used" in reuse.stderr
     assert len(reuse.stderr.strip().splitlines()) == 1
@@ -237,6 +261,7 @@ def test_naas_drawing_writes_a_png_of_the_mesh(enrolled_story: Story, tmp_path: 
 
 DHCP_SCRIPT = """#!/bin/sh
 # records what the stock DHCP client was told; applies the address on "bound"
+cd "@DIR@" || exit 1  # dhclient clears the environment: never write where it was started
 env | grep -E '^(ip|new_ip_address|subnet|mask|new_subnet_mask|router|mtu|new_interface_mtu|reason)=' \\
     | sort > "@OUT@.$1${reason:+.$reason}"
 case "$1$reason" in bound|BOUND|REBOOT) ip addr replace "${ip:-$new_ip_address}/16" dev naas0 ;; esac
@@ -251,7 +276,7 @@ def test_stock_dhcp_client_gets_the_enrolled_address(enrolled_story: Story, clie
     enrolled = story.overlay_ip("aws-web-1")
     out = story.workdir / f"dhcp-{client}"
     script = story.workdir / f"dhcp-script-{client}.sh"  # dhclient clears the environment
-    script.write_text(DHCP_SCRIPT.replace("@OUT@", str(out)))
+    script.write_text(DHCP_SCRIPT.replace("@OUT@", str(out)).replace("@DIR@", str(story.workdir)))
     script.chmod(0o755)
     assert host.run(["ip", "addr", "flush", "dev", "naas0"]).returncode == 0
     if client == "udhcpc":

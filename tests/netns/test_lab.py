@@ -108,6 +108,10 @@ from pathlib import Path
 from naas.lab import Lab
 lab = Lab(hosts={{"a": "onprem"}}, prefix="{prefix}", state_dir=Path("{state_dir}")).start()
 lab.host("a").popen(["sleep", "60"])
+work = Path("{state_dir}") / "work"  # like the demo's work directory, CA key and all
+work.mkdir()
+(work / "ca.key").write_text("secret")
+lab.own(work)
 if "{mode}" == "keep":
     lab.keep()
 print(lab.prefix, flush=True)
@@ -135,7 +139,9 @@ def test_leftovers_are_removed_by_the_right_tool(mode: str, tmp_path: Path) -> N
         created = namespaces_with(lab_prefix)
         assert len(created) == 2
         (state_file,) = tmp_path.glob("*.json")
-        (sleeper,) = (p["pid"] for p in json.loads(state_file.read_text())["processes"])
+        saved = json.loads(state_file.read_text())
+        (sleeper,) = (p["pid"] for p in saved["processes"])
+        assert saved["paths"] == [str(tmp_path / "work")]
         if mode == "keep":
             assert cleanup_stale(prefix, tmp_path) == []  # a kept lab is not stale
             assert len(namespaces_with(lab_prefix)) == 2
@@ -147,6 +153,7 @@ def test_leftovers_are_removed_by_the_right_tool(mode: str, tmp_path: Path) -> N
             time.sleep(0.1)
         assert namespaces_with(lab_prefix) == []
         assert list(tmp_path.glob("*.json")) == []
+        assert not (tmp_path / "work").exists(), "the lab's own directory went with it"
         assert not Path(f"/proc/{sleeper}").exists() or sleeper_is_not_ours(sleeper)
     finally:
         if child.poll() is None:

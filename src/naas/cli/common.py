@@ -6,6 +6,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from naas.daemon.runner import DEFAULT_POLL_INTERVAL, MAX_POLL_INTERVAL, Agent
 from naas.daemon.state import DEFAULT_STATE_DIR, NodeDir, client_node_dir, find_networks, network_dir
@@ -27,6 +28,18 @@ class CliError(Exception):
 class BadInput(CliError):
     def __init__(self, message: str) -> None:
         super().__init__(message, EXIT_BAD_INPUT)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with our error rule: one line on stderr, exit 2, and no usage block.
+
+    Sub-parsers made by ``add_subparsers`` are of the same class, so the rule holds for
+    every command and option of every entry point.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        line = " ".join(message.split())
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {line} (see {self.prog} --help)\n")
 
 
 def say(message: str) -> None:
@@ -79,7 +92,9 @@ def metrics_endpoint(text: str | None) -> Endpoint | None:
 
 def add_member_options(parser: argparse.ArgumentParser, network: bool = True) -> None:
     """--state-dir, and --network unless the command makes the membership."""
-    parser.add_argument("--state-dir", help="state directory (default /var/lib/naas or $NAAS_STATE_DIR)")
+    parser.add_argument(
+        "--state-dir", metavar="DIR", help="state directory (default /var/lib/naas or $NAAS_STATE_DIR)"
+    )
     if network:
         parser.add_argument("--network", help="which network (default: the only one joined)")
 

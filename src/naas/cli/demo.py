@@ -8,8 +8,9 @@ failure of the user's video: desktop's firewall blocks both PoPs, the pings rero
 through other members and go direct again when the rules go; finally both PoPs stop
 and the members keep talking. `naas draw` on desktop pictures the mesh before the
 failure and during it (PNG files in --drawings, the current directory by default). It
-prints what happened and removes the lab (``--keep`` leaves it up; ``naas demo down``
-removes it).
+prints what happened and removes the lab (``--keep`` leaves it up and prints commands
+that enter its hosts and start its PoPs again; ``naas demo down`` removes it and its
+work directory).
 """
 
 from __future__ import annotations
@@ -22,24 +23,29 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from naas.cli.common import BadInput, CliError, say
+from naas.cli.common import EXIT_FAILURE, EXIT_OK, BadInput, CliError, say
 from naas.lab.netns import Lab, LabError, remove_saved_labs
-from naas.lab.story import DEMO_HOSTS, DEMO_SITES, NETWORK, POPS, Story, StoryError
+from naas.lab.story import DEMO_HOSTS, DEMO_SITES, NETWORK, POPS, Story, StoryError, commands_dir
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.action == "down":
         removed = remove_saved_labs()
-        say(f"removed {len(removed)} lab(s) and their processes" if removed else "no kept lab to remove")
-        return 0
+        say(
+            f"removed {len(removed)} lab(s), their processes and work directories"
+            if removed
+            else "no kept lab to remove"
+        )
+        return EXIT_OK
     if os.geteuid() != 0:
         raise CliError("naas demo builds network namespaces: run it as root")
-    started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="naas-demo-"))
     drawings = Path(args.drawings).resolve()
     if not drawings.is_dir():
         raise BadInput(f"--drawings: no directory {drawings}")
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="naas-demo-"))
     lab = Lab(hosts=DEMO_HOSTS, sites=DEMO_SITES)
+    lab.own(workdir)  # `naas demo down` removes it (CA key, state, logs) with the lab
     story = Story(lab, workdir)
     story.drawings = drawings
     ok = False
@@ -51,17 +57,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         if args.keep:
             lab.keep()
-            say(
-                f"\nthe lab is kept: `ip netns exec {lab.prefix}desktop bash` to explore, "
-                f"state in {workdir}; remove it with `naas demo down`"
-            )
+            say("\n" + kept_lab_message(story))
         else:
             story.close()
             lab.close()
             if ok:
                 shutil.rmtree(workdir, ignore_errors=True)
     say(f"\ndemo {'passed' if ok else 'FAILED'} in {time.monotonic() - started:.1f} s")
-    return 0 if ok else 1
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def kept_lab_message(story: Story) -> str:
+    """What `naas demo --keep` prints: where things are, and commands that work as given
+    from any root shell (each ``ip netns exec`` line is one command)."""
+    naas = commands_dir() / "naas"
+    running = [p for p in POPS if p in story.pop_processes and story.pop_processes[p].poll() is None]
+    stopped = [p for p in POPS if p not in running]
+    client = "desktop" if "desktop" in story.clients else story.clients[0]
+    lines = [
+        f"the lab is kept; its config, state and logs are in {story.workdir}",
+        "  (naas.toml, hosts/<host>/ for each host's state, pop-<name>.log)",
+    ]
+    if stopped:
+        lines += [
+            f"  PoP{'s' if len(stopped) > 1 else ''} {' and '.join(stopped)} "
+            f"{'are' if len(stopped) > 1 else 'is'} not running (the story ends by stopping both);"
+            " the clients' agents still run.",
+            "  start them again (in the background, logs appended to pop-<name>.log):",
+            *(f"    {story.pop_command(pop)}" for pop in stopped),
+        ]
+    if running:
+        lines.append(f"  PoPs running: {', '.join(running)}")
+    lines += [
+        f"  a shell on {client} with its state and the naas commands (try `naas status`, `naas-drawing`):",
+        f"    {story.shell_command(client)}",
+        f"  a shell on {POPS[0]}, with its PoP state and the PoPs' shared store"
+        f" (e.g. `naas invite --config {story.config_path} --client {client}`):",
+        f"    {story.shell_command(POPS[0])}",
+        f"  remove the lab and {story.workdir}: {naas} demo down",
+    ]
+    return "\n".join(lines)
 
 
 def _step(title: str) -> None:
@@ -210,9 +245,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         nargs="?",
         choices=["run", "down"],
         default="run",
-        help="run (default) or down: remove a lab kept with --keep",
+        help="run (default) or down: remove a lab kept with --keep, with its work directory",
     )
-    demo.add_argument("--keep", action="store_true", help="leave the lab up to explore")
+    demo.add_argument(
+        "--keep", action="store_true", help="leave the lab up to explore (prints how to enter its hosts)"
+    )
     demo.add_argument(
         "--drawings", default=".", help="directory for the PNG drawings of the mesh (default: here)"
     )

@@ -1,7 +1,8 @@
 """Entry points: ``naas <command>``, ``naas-enrollment URL`` and ``naas-drawing``.
 
 Exit status: 0 success, 1 failure, 2 bad input (argparse's own errors are 2 too).
-Every error is one line on stderr, ``naas: <what is wrong>``.
+Every error is one line on stderr: ``naas: <what is wrong>``, or for a command line
+argparse cannot parse, ``<prog>: error: <what> (see <prog> --help)``.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ import sys
 
 from naas import __version__
 from naas.cli import admin, demo, member, view
-from naas.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, CliError
+from naas.cli.common import EXIT_FAILURE, CliError, Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """``naas``: every command."""
+    parser: argparse.ArgumentParser = Parser(
         prog="naas", description="NaaS: an encrypted, full-mesh, layer-2 overlay network."
     )
     parser.add_argument("--version", action="version", version=f"naas {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", help="one of these (`naas COMMAND --help` for its options):"
+    )
     sub.required = True
     admin.add_parsers(sub)
     member.add_parsers(sub)
@@ -28,9 +32,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def enrollment_parser() -> argparse.ArgumentParser:
+    """``naas-enrollment``: the same as ``naas join``."""
+    parser = Parser(
+        prog="naas-enrollment",
+        description="Join a NaaS network with an invitation URL (the same as `naas join`): make this"
+        " host's keys, enroll at a PoP, create naas0 and start the agent. Give the URL as `-` (read"
+        " from standard input) or with --url-file to keep its token out of the process list.",
+    )
+    member.add_join_arguments(parser)
+    return parser
+
+
+def drawing_parser() -> argparse.ArgumentParser:
+    """``naas-drawing``: the same as ``naas draw``."""
+    parser = Parser(
+        prog="naas-drawing",
+        description="Draw the mesh as this member sees it, with Graphviz (the same as `naas draw`).",
+    )
+    view.add_draw_arguments(parser)
+    parser.set_defaults(func=view.cmd_draw)
+    return parser
+
+
+def run(argv: list[str], parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse ``argv`` with ``parser`` (default: ``naas``'s) and run the command."""
+    args = (parser or build_parser()).parse_args(argv)
     try:
         code: int = args.func(args)
     except CliError as exc:
@@ -45,18 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     return run(sys.argv[1:] if argv is None else argv)
 
 
-def enrollment_main() -> int:
-    """``naas-enrollment URL [options]`` = ``naas join URL [options]``."""
-    argv = sys.argv[1:]
-    if not argv or argv[0] in ("-h", "--help"):
-        print(
-            "usage: naas-enrollment URL [--foreground] [--force] [--state-dir DIR] [--interface NAME]"
-            " [--metrics HOST:PORT] [--no-offload]"
-        )
-        return 0 if argv else EXIT_BAD_INPUT
-    return run(["join", *argv])
+def enrollment_main(argv: list[str] | None = None) -> int:
+    """``naas-enrollment URL|-|--url-file PATH [options]`` = ``naas join ...``."""
+    return run(sys.argv[1:] if argv is None else argv, enrollment_parser())
 
 
-def drawing_main() -> int:
+def drawing_main(argv: list[str] | None = None) -> int:
     """``naas-drawing [-o PATH] [--format png|svg|dot|json]`` = ``naas draw ...``."""
-    return run(["draw", *sys.argv[1:]])
+    return run(sys.argv[1:] if argv is None else argv, drawing_parser())

@@ -4,6 +4,11 @@
 the invitation at a PoP (after checking the PoP's key against the URL's pin), saves
 the membership, starts the agent in the background and returns once naas0 is up
 with its address. Nothing is written unless the enrollment succeeded.
+
+The URL's token is a secret until it is used: given as an argument it shows in the
+process list (``ps``) to every local user while ``join`` runs, so it can also come from
+standard input (``-``) or from a 0600 file (``--url-file``). The agent ``join`` starts
+is given the membership's directory, never the URL.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import argparse
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from naas.cli.common import (
+    EXIT_OK,
     AgentOptions,
     BadInput,
     CliError,
@@ -37,12 +44,64 @@ from naas.pop.client import EnrollmentError, enroll
 from naas.pop.invitations import InvitationError, parse_url_untrusted
 
 READY_TIMEOUT = 20.0
+URL_MAX_BYTES = 8192  # an invitation URL is a few hundred bytes
+
+
+def invitation_text(args: argparse.Namespace) -> str:
+    """The invitation URL as given: the argument, ``-`` (one line of standard input) or
+    ``--url-file PATH``. The last two keep the token out of the process list (ps)."""
+    if args.url_file is not None:
+        if args.url is not None:
+            raise BadInput("give the invitation URL either as an argument or with --url-file, not both")
+        return read_url_file(Path(args.url_file))
+    if args.url is None:
+        raise BadInput(
+            "no invitation URL: give it as an argument, - to read it from standard input, or --url-file PATH"
+        )
+    if args.url == "-":
+        return read_url_stdin()
+    return str(args.url)
+
+
+def read_url_stdin() -> str:
+    """One line of standard input (a prompt on stderr if it is a terminal)."""
+    if sys.stdin is None:
+        raise BadInput("invitation URL: no standard input to read it from")
+    if sys.stdin.isatty():
+        print("invitation URL: ", end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline(URL_MAX_BYTES).strip()
+    if not line:
+        raise BadInput("invitation URL: nothing on standard input")
+    return line
+
+
+def read_url_file(path: Path) -> str:
+    """The first line of ``path``, a regular file no other user may read or write (0600)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BadInput(f"--url-file: cannot read {path}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise BadInput(f"--url-file: {path} is not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        if mode & 0o077:
+            raise BadInput(
+                f"--url-file: {path} is open to other users (mode {stat.S_IMODE(mode):04o}): chmod 600 it"
+            )
+        data = handle.read(URL_MAX_BYTES)
+    lines = data.decode("utf-8", errors="replace").strip().splitlines()
+    if not lines:
+        raise BadInput(f"--url-file: {path} is empty")
+    return lines[0].strip()
 
 
 def cmd_join(args: argparse.Namespace) -> int:
     options = AgentOptions.from_args(args)
+    url = invitation_text(args)
     try:
-        invitation = parse_url_untrusted(args.url)
+        invitation = parse_url_untrusted(url)
     except InvitationError as exc:
         raise BadInput(f"invitation URL: {exc}") from None
     state_dir = state_dir_of(args.state_dir)
@@ -71,7 +130,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     if args.foreground:
         return run_agent(node_dir, args.interface, options)
     start_agent(node_dir, args.interface, state_dir, options)
-    return 0
+    return EXIT_OK
 
 
 def start_agent(
@@ -138,7 +197,7 @@ def run_agent(node_dir: NodeDir, interface: str, options: AgentOptions) -> int:
         run_loop(agent.run())
     except AgentError as exc:
         raise CliError(str(exc)) from None
-    return 0
+    return EXIT_OK
 
 
 def read_pid(node_dir: NodeDir) -> int | None:
@@ -191,7 +250,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     info = start_agent(node_dir, args.interface, state_dir, options, quiet=args.json)
     if args.json:
         print(json.dumps(info, sort_keys=True))
-    return 0
+    return EXIT_OK
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -202,7 +261,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(json.dumps({"stopped": stopped, "pid": pid if stopped else None}))
     elif not stopped:
         say("agent was not running")
-    return 0
+    return EXIT_OK
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -228,9 +287,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = fetch_status(node_dir)
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
-        return 0
+        return EXIT_OK
     print(format_status(status))
-    return 0
+    return EXIT_OK
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -273,37 +332,67 @@ def _bytes(count: int) -> str:
     return str(count)
 
 
+def add_join_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``naas join`` and ``naas-enrollment``."""
+    parser.add_argument(
+        "url",
+        nargs="?",
+        metavar="URL",
+        help="the invitation URL (naas://...); - reads it from standard input, which keeps its"
+        " token out of the process list (ps) as --url-file does",
+    )
+    parser.add_argument(
+        "--url-file",
+        metavar="PATH",
+        help="read the invitation URL from the first line of PATH (mode 0600: refused if other users"
+        " may read or write it)",
+    )
+    parser.add_argument(
+        "--foreground", action="store_true", help="run the agent attached (no background agent)"
+    )
+    parser.add_argument("--force", action="store_true", help="enroll again even if already a member")
+    add_agent_options(parser)
+    parser.add_argument(
+        "--interface", metavar="NAME", default=DEFAULT_INTERFACE, help="TAP device name (default %(default)s)"
+    )
+    add_member_options(parser, network=False)
+    parser.set_defaults(func=cmd_join)
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = add_member_options
     join = sub.add_parser("join", help="join a network with an invitation URL (same as naas-enrollment)")
-    join.add_argument("url", help="the invitation URL (naas://...)")
-    join.add_argument("--foreground", action="store_true", help="run the agent attached")
-    join.add_argument("--force", action="store_true", help="enroll again even if already a member")
-    add_agent_options(join)
-    join.add_argument("--interface", default=DEFAULT_INTERFACE, help="TAP device name (default naas0)")
-    common(join, network=False)
-    join.set_defaults(func=cmd_join)
+    add_join_arguments(join)
 
     up = sub.add_parser("up", help="start the agent from saved state")
-    up.add_argument("--foreground", action="store_true")
+    up.add_argument("--foreground", action="store_true", help="run the agent attached (no background agent)")
     add_agent_options(up)
-    up.add_argument("--interface", default=DEFAULT_INTERFACE)
-    up.add_argument("--json", action="store_true")
+    up.add_argument(
+        "--interface", metavar="NAME", default=DEFAULT_INTERFACE, help="TAP device name (default %(default)s)"
+    )
+    up.add_argument("--json", action="store_true", help="print the agent's name, interface, ip, pid as JSON")
     common(up)
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop the agent (naas0 goes away)")
-    down.add_argument("--json", action="store_true")
+    down.add_argument("--json", action="store_true", help='print {"stopped": ..., "pid": ...} as JSON')
     common(down)
     down.set_defaults(func=cmd_down)
 
     status = sub.add_parser("status", help="members, paths, endpoints, RTT and counters")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="the agent's whole status as JSON")
     common(status)
     status.set_defaults(func=cmd_status)
 
     agent = sub.add_parser("agent", help="run the agent of one membership in the foreground (used by up)")
-    agent.add_argument("--node-dir", required=True)
+    agent.add_argument(
+        "--node-dir",
+        metavar="DIR",
+        required=True,
+        help="the membership's directory (e.g. <state-dir>/<network>/node)",
+    )
     add_agent_options(agent)
-    agent.add_argument("--interface", default=DEFAULT_INTERFACE)
+    agent.add_argument(
+        "--interface", metavar="NAME", default=DEFAULT_INTERFACE, help="TAP device name (default %(default)s)"
+    )
     agent.set_defaults(func=cmd_agent)

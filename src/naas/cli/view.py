@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from naas.cli.common import BadInput, CliError, add_member_options, member_dir, say, state_dir_of
+from naas.cli.common import EXIT_OK, BadInput, CliError, add_member_options, member_dir, say, state_dir_of
 from naas.cli.member import fetch_status
 from naas.core.topology import Topology, TopologyError
 from naas.views.dot import DrawingError, render, topology_to_dot
@@ -37,7 +37,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     topology = fetch_topology(args)
     graph = topology.to_dict()["graph"]
     print(json.dumps({"network": topology.network, **graph}, indent=2, sort_keys=True))
-    return 0
+    return EXIT_OK
 
 
 def drawing_bytes(topology: Topology, fmt: str, when: str) -> bytes:
@@ -68,7 +68,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
     data = drawing_bytes(topology, fmt, when)
     if args.output == "-":
         sys.stdout.buffer.write(data)
-        return 0
+        return EXIT_OK
     target = Path(args.output or f"naas-{topology.network}.{fmt}")
     fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
@@ -80,7 +80,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
         Path(temporary).unlink(missing_ok=True)
         raise
     say(f"wrote {target} ({fmt}, {len(data)} bytes, {len(topology.members)} members)")
-    return 0
+    return EXIT_OK
 
 
 def add_draw_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,7 +27,8 @@ start times, the owner process); `Lab.close` kills the processes (SIGTERM, then 
 deletes the namespaces (which deletes their veths and bridges) and the file. It is
 idempotent and also runs when building fails. `Lab.keep` leaves everything running for
 `naas demo`; `remove_saved_labs` (``naas demo down``) removes kept labs and labs whose
-owner died, `cleanup_stale` also finds namespaces a crash left without a state file.
+owner died, with the directories recorded by `Lab.own` (the demo's work directory: CA
+key, state, logs); `cleanup_stale` also finds namespaces a crash left without a state file.
 
 Commands run inside a namespace through ``ip netns exec`` (which also gives the command
 a matching ``/sys``); Python code can enter one with `Namespace.entered` (``setns(2)`` on
@@ -305,6 +306,7 @@ class Lab:
                 port=f"vh{len(self._hosts)}",
             )
         self._processes: list[tuple[subprocess.Popen[Any], int | None, list[str]]] = []
+        self._paths: list[Path] = []  # directories of the lab's own, removed with a saved lab
         self._created: list[str] = []  # namespaces this lab made: the only ones it deletes
         self._firewalled: set[str] = set()
         self._blocked: set[tuple[str, str]] = set()
@@ -398,6 +400,16 @@ class Lab:
                 process.wait(timeout=1.0)  # reap
         self.state_path.unlink(missing_ok=True)
 
+    def own(self, path: Path) -> None:
+        """Record ``path`` (a directory of this lab's own, e.g. a work directory with keys
+        and logs) in the state file, so that `remove_saved_labs` deletes it with the lab.
+        `close` leaves it: the caller decides whether a finished run's files stay."""
+        path = Path(path).resolve()
+        if path not in self._paths:
+            self._paths.append(path)
+            if self._started and not self._closed:
+                self.save_state()
+
     def keep(self) -> Path:
         """Leave the lab running after this process exits; `remove_saved_labs` ends it."""
         self._kept = True
@@ -425,6 +437,7 @@ class Lab:
             "kept": self._kept,
             "namespaces": self.namespaces,
             "processes": [{"pid": p.pid, "start": start, "argv": argv} for p, start, argv in self._processes],
+            "paths": [str(path) for path in self._paths],
             "sites": {name: str(site.subnet) for name, site in self.sites.items()},
             "hosts": {
                 name: {"namespace": h.namespace, "site": h.site.name, "address": str(h.address)}
@@ -520,6 +533,10 @@ def _remove_saved(path: Path, state: Mapping[str, Any]) -> list[str]:
     namespaces = [str(name) for name in state.get("namespaces", [])]
     processes = [(int(p["pid"]), p.get("start")) for p in state.get("processes", [])]
     _teardown(namespaces, processes)
+    for owned in state.get("paths", []):
+        directory = Path(str(owned))
+        if directory.is_absolute() and directory.is_dir() and not directory.is_symlink():
+            shutil.rmtree(directory, ignore_errors=True)
     path.unlink(missing_ok=True)
     return namespaces
 

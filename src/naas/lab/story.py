@@ -1,15 +1,23 @@
 """The user's story, step by step, on a namespace lab: used by `naas demo` and e2e tests.
 
 Every step runs the real commands a user runs (``naas init``, ``naas pop``,
-``naas invite``, ``naas-enrollment URL``, ``naas status``) inside the hosts'
+``naas invite``, ``naas-enrollment``, ``naas status``) inside the hosts'
 namespaces; each host has its own state directory under the story's work directory,
 as separate machines would. The two PoPs share one SQLite store file (the lab is one
 machine); on real machines they share a PostgreSQL store instead.
+
+Clients enroll with ``naas-enrollment -`` and the URL on standard input (or
+``--url-file``), never with the URL in the command line, where its token would show in
+``ps``; every command line the story runs is kept in ``Story.commands``.
+`Story.shell_command` and `Story.pop_command` are the commands a user runs in a kept
+lab: a shell inside a host with that host's state, and a PoP started again.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise, permutations
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from naas.lab.netns import Lab
 
@@ -53,6 +61,14 @@ def enrollment_argv(*args: str) -> list[str]:
     return naas_argv("join", *args)
 
 
+def commands_dir() -> Path:
+    """Where the ``naas``, ``naas-enrollment`` and ``naas-drawing`` commands are (.venv/bin)."""
+    return Path(sys.executable).parent
+
+
+EnrollVia = Literal["stdin", "file", "argv"]  # how `Story.enroll` hands over the URL
+
+
 def config_text(lab: Lab, *, layer3: bool = True, fixed: dict[str, str] | None = None) -> str:
     """The story's naas.toml for the lab's hosts."""
     lines = ["[network]", f'name = "{NETWORK}"', "mesh_port = 5640", "enrollment_port = 5641"]
@@ -80,6 +96,7 @@ class Story:
     pop_processes: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
     invitations: dict[str, str] = field(default_factory=dict)
     enroll_seconds: dict[str, float] = field(default_factory=dict)
+    commands: list[list[str]] = field(default_factory=list)  # every command line run, in order
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -96,8 +113,50 @@ class Story:
     def clients(self) -> list[str]:
         return [name for name in self.lab.hosts if name not in POPS]
 
-    def run(self, host: str, argv: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return self.lab.host(host).run(argv, timeout=timeout)
+    def env(self, host: str) -> dict[str, str]:
+        """The environment that points the commands at ``host``'s state (and, on a PoP,
+        at the store both PoPs share): what a kept lab's shell sets."""
+        env = {"NAAS_STATE_DIR": str(self.state_dir(host))}
+        if host in POPS:
+            env["NAAS_POP_STORE"] = self.store_url
+        return env
+
+    def shell_command(self, host: str) -> str:
+        """A shell command line that opens bash inside ``host`` with its state and the naas
+        commands on PATH (append ``-c 'naas status'`` to run one command instead)."""
+        assignments = " ".join(f"{key}={shlex.quote(value)}" for key, value in self.env(host).items())
+        path = shlex.quote(str(commands_dir()))
+        return f"ip netns exec {self.lab.host(host).namespace} env {assignments} PATH={path}:$PATH bash"
+
+    def pop_argv(self, name: str) -> list[str]:
+        """`naas pop` for PoP ``name``, with its state directory and the shared store."""
+        return naas_argv(
+            "pop",
+            "--config",
+            str(self.config_path),
+            "--name",
+            name,
+            "--state-dir",
+            str(self.state_dir(name)),
+            "--store",
+            self.store_url,
+        )
+
+    def pop_log(self, name: str) -> Path:
+        return self.workdir / f"pop-{name}.log"
+
+    def pop_command(self, name: str) -> str:
+        """A shell command line that starts PoP ``name`` again in the background, as the
+        story started it (log appended to its log file)."""
+        argv = self.lab.host(name).argv([str(commands_dir() / "naas"), *self.pop_argv(name)[3:]])
+        log = shlex.quote(str(self.pop_log(name)))
+        return f"{shlex.join(argv)} >>{log} 2>&1 &"
+
+    def run(
+        self, host: str, argv: list[str], timeout: float = 60.0, *, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        self.commands.append(list(argv))
+        return self.lab.host(host).run(argv, timeout=timeout, input=input)
 
     def naas(self, host: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return self.run(host, naas_argv(*args, "--state-dir", str(self.state_dir(host))), timeout)
@@ -123,29 +182,29 @@ class Story:
         return out
 
     def start_pop(self, name: str) -> None:
-        log = open(self.workdir / f"pop-{name}.log", "ab")  # noqa: SIM115 - lives with the process
-        argv = naas_argv(
-            "pop",
-            "--config",
-            str(self.config_path),
-            "--name",
-            name,
-            "--state-dir",
-            str(self.state_dir(name)),
-            "--store",
-            self.store_url,
-        )
+        log = open(self.pop_log(name), "ab")  # noqa: SIM115 - lives with the process
+        argv = self.pop_argv(name)
+        self.commands.append(argv)
         self.pop_processes[name] = self.lab.host(name).popen(argv, stdout=log, stderr=log)
         log.close()
+        process = self.pop_processes[name]
+        if not self.wait_pop(name, alive=lambda: process.poll() is None):
+            if process.poll() is not None:
+                raise StoryError(f"PoP {name} exited (status {process.returncode}); see {self.pop_log(name)}")
+            raise StoryError(f"PoP {name} did not start within 20 s; see {self.pop_log(name)}")
+
+    def wait_pop(self, name: str, alive: Callable[[], bool] = lambda: True, seconds: float = 20) -> bool:
+        """True once PoP ``name`` answers on its control socket and its HTTPS port (at
+        most ``seconds``); False at once if ``alive()`` says its process exited."""
         socket = self.state_dir(name) / NETWORK / "pops" / name / "agent.sock"
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if self.pop_processes[name].poll() is not None:
-                raise StoryError(f"PoP {name} exited; see {self.workdir / f'pop-{name}.log'}")
+            if not alive():
+                return False
             if socket.exists() and self._https_ready(name):
-                return
+                return True
             time.sleep(0.1)
-        raise StoryError(f"PoP {name} did not start within 20 s")
+        return False
 
     def _https_ready(self, name: str) -> bool:
         host = self.lab.host(name)
@@ -173,12 +232,37 @@ class Story:
         self.invitations.update(urls)
         return urls
 
-    def enroll(self, client: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+    def enroll(
+        self, client: str, url: str | None = None, *, via: EnrollVia = "stdin"
+    ) -> subprocess.CompletedProcess[str]:
+        """`naas-enrollment` on ``client``, the URL on standard input (``via="stdin"``: ``-``),
+        in a 0600 file (``"file"``: ``--url-file``) or, as a user may still do, in the
+        command line (``"argv"``)."""
         url = url or self.invitations[client]
+        state = ["--state-dir", str(self.state_dir(client))]
+        stdin = None
+        if via == "stdin":
+            argv, stdin = enrollment_argv("-", *state), url + "\n"
+        elif via == "file":
+            argv = enrollment_argv("--url-file", str(self.url_file(client, url)), *state)
+        elif via == "argv":
+            argv = enrollment_argv(url, *state)
+        else:
+            raise ValueError(f"via: stdin, file or argv, not {via!r}")
         started = time.monotonic()
-        result = self.run(client, enrollment_argv(url, "--state-dir", str(self.state_dir(client))), 60)
+        result = self.run(client, argv, 60, input=stdin)
         self.enroll_seconds[client] = time.monotonic() - started
         return result
+
+    def url_file(self, client: str, url: str) -> Path:
+        """``url`` written to a file only its owner may read (mode 0600 from the start)."""
+        path = self.workdir / "invitations" / f"{client}.url"
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(url + "\n")
+        return path
 
     def enroll_all(self) -> None:
         for client in self.clients:
