@@ -89,7 +89,10 @@ def wait_direct(story: Story, source: str, target: str, timeout: float = 20.0) -
 
 
 def tcp_checksum_errors(story: Story, host: str) -> int:
-    out = story._checked("nstat", story.run(host, ["nstat", "-az", "--json", "TcpInCsumErrors"]))
+    # -a: absolute counters, not the change since a history file; -s: and write no history
+    # file either (it would be left behind as /tmp/.nstat.u<uid>, whatever TMPDIR says)
+    argv = ["nstat", "--ignore", "--noupdate", "--zeros", "--json", "TcpInCsumErrors"]
+    out = story._checked("nstat", story.run(host, argv))
     counters = json.loads(out)["kernel"]
     return int(counters.get("TcpInCsumErrors", 0))
 

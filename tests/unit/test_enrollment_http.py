@@ -16,7 +16,9 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
 from pathlib import Path
@@ -33,7 +35,9 @@ from naas.pop.ca import issue_certificate
 from naas.pop.client import EnrollmentError, enroll
 from naas.pop.invitations import Invitation, make_token, token_hash
 from naas.pop.server import (
+    EnrollmentLimits,
     EnrollmentService,
+    Refusal,
     TlsMaterial,
     make_tls_material,
     server_ssl_context,
@@ -77,6 +81,7 @@ class Pop:
     service: EnrollmentService
     tls: TlsMaterial
     port: int
+    store: PopStore
     enrolled: list[Certificate] = field(default_factory=list)
 
     @property
@@ -90,6 +95,9 @@ class Lab:
     master: Pop
     slave: Pop
     clock: list[float]
+    loop: LoopThread
+    path: Path
+    info: NetworkInfo
 
     def invite(self, client: str, n: int = 1) -> str:
         token = make_token(bytes([n]) * 32)
@@ -104,8 +112,8 @@ class Lab:
 class LoopThread:
     """An asyncio loop running in a daemon thread, for the servers."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop) -> None:
+        self.loop = new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.runners: list[web.AppRunner] = []
@@ -130,6 +138,19 @@ def _keys() -> tuple[bytes, bytes]:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
+    with open_lab(tmp_path) as opened:
+        yield opened
+
+
+@contextmanager
+def open_lab(
+    tmp_path: Path,
+    *,
+    limits: EnrollmentLimits | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    new_loop: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+) -> Iterator[Lab]:
+    """Two PoPs (master, slave) on 127.0.0.1 sharing one store; clients "web" and "db"."""
     store = PopStore(sqlite_url(tmp_path / "pop.db"))
     store.create_schema()
     clock = [NOW]
@@ -168,25 +189,28 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         pops=pop_infos,
         subnet=CONFIG.network.subnet,
     )
-    loop = LoopThread()
+    loop = LoopThread(new_loop)
     pops: dict[str, Pop] = {}
     try:
         for name in ("master", "slave"):
             enrolled: list[Certificate] = []
+            pop_store = PopStore(sqlite_url(tmp_path / "pop.db"))
             service = EnrollmentService(
                 CONFIG,
                 name,
-                PopStore(sqlite_url(tmp_path / "pop.db")),
+                pop_store,
                 CA_PRIVATE,
                 info,
                 clock=lambda: clock[0],
                 on_enrolled=enrolled.append,
+                limits=limits,
+                monotonic=monotonic,
             )
             cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
             write_tls_material(tls[name], cert, key)
             port = loop.serve(service, cert, key)
-            pops[name] = Pop(name, service, tls[name], port, enrolled)
-        yield Lab(store, pops["master"], pops["slave"], clock)
+            pops[name] = Pop(name, service, tls[name], port, pop_store, enrolled)
+        yield Lab(store, pops["master"], pops["slave"], clock, loop, tmp_path, info)
     finally:
         loop.close()
 
@@ -281,17 +305,27 @@ def test_second_pop_is_used_when_the_first_is_down(lab: Lab) -> None:
     assert lab.store.invitations()[0].used_by_pop == "slave"
 
 
-def _raw(pop: Pop, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, object]]:
+def request(
+    pop: Pop, method: str, path: str, body: bytes = b"", source: str = "127.0.0.1"
+) -> tuple[int, dict[str, str], dict[str, object]]:
+    """One HTTPS request from ``source`` (any 127/8 address): status, headers, JSON answer."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    connection = http.client.HTTPSConnection("127.0.0.1", pop.port, context=context, timeout=10)
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", pop.port, context=context, timeout=10, source_address=(source, 0)
+    )
     try:
         connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
         response = connection.getresponse()
-        return response.status, json.loads(response.read())
+        return response.status, dict(response.getheaders()), json.loads(response.read())
     finally:
         connection.close()
+
+
+def _raw(pop: Pop, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, object]]:
+    status, _, answer = request(pop, method, path, body)
+    return status, answer
 
 
 def test_health(lab: Lab) -> None:
@@ -323,6 +357,18 @@ def test_malformed_keys_get_400(lab: Lab) -> None:
     status, answer = _raw(lab.master, "POST", "/v1/enroll", json.dumps(body).encode())
     assert status == 400 and "static_public" in str(answer["error"])
     assert lab.store.invitations()[0].used_at is None
+
+
+def test_deeply_nested_json_is_a_400_on_one_line_without_traceback(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for body in (b"[" * 15_000, b'{"network": ' + b"[" * 15_000, b"[" * 5_000 + b"]" * 5_000):
+        status, answer = _raw(lab.master, "POST", "/v1/enroll", body)
+        assert (status, answer) == (400, {"error": "body is not JSON"})
+    assert lab.master.service.refusals[Refusal.BAD_REQUEST] == 3
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING]
+    assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
 
 
 def test_oversized_request_is_refused(lab: Lab) -> None:

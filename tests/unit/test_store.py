@@ -24,7 +24,7 @@ from naas.model.ids import NodeId
 from naas.pop.addresses import AddressPoolExhausted, choose_ip
 from naas.pop.ca import issue_certificate
 from naas.pop.invitations import make_token, token_hash
-from naas.pop.store import Grant, PopStore, RedeemError, sqlite_url
+from naas.pop.store import REPLAY_WINDOW, Grant, PopStore, RedeemError, sqlite_url
 
 CA_PRIVATE = b"\x07" * 32
 NOW = 1_700_000_000
@@ -63,15 +63,20 @@ def _hash(n: int) -> str:
 
 
 def _issuer(
-    config: NetworkConfig = CONFIG, calls: list[Grant] | None = None, delay: float = 0.0
+    config: NetworkConfig = CONFIG,
+    calls: list[Grant] | None = None,
+    delay: float = 0.0,
+    key_seed: bytes | None = None,
 ) -> Callable[[Grant], Certificate]:
+    """Issues for the keys of ``key_seed`` (default: a seed made of the node id)."""
+
     def issue(grant: Grant) -> Certificate:
         if calls is not None:
             calls.append(grant)
         if delay:
             time.sleep(delay)
         previous = grant.previous.ip.ip if grant.previous and grant.previous.ip else None
-        seed = bytes([grant.node_id % 256]) * 32
+        seed = key_seed or bytes([grant.node_id % 256]) * 32
         return issue_certificate(
             CA_PRIVATE,
             network="acme",
@@ -120,6 +125,46 @@ def test_token_works_once(store: PopStore) -> None:
     with pytest.raises(RedeemError) as info:
         store.redeem(_hash(1), NOW + 6, "slave", _issuer())
     assert info.value.reason == "used" and str(info.value) == "invitation already used"
+
+
+def _keys(seed: bytes) -> tuple[bytes, bytes]:
+    return x25519_public(seed), ed25519_public(seed)
+
+
+def test_a_lost_answer_is_redeemed_again_with_the_same_keys(store: PopStore) -> None:
+    store.add_invitation(_hash(1), "db", NOW, NOW + 100)
+    calls: list[Grant] = []
+    mine, other = _keys(b"\x11" * 32), _keys(b"\x22" * 32)
+    first = store.redeem(_hash(1), NOW, "master", _issuer(calls=calls, key_seed=b"\x11" * 32), keys=mine)
+    # ... the answer is lost (PoP killed, connection dropped); the client retries:
+    again = store.redeem(_hash(1), NOW + 60, "slave", _issuer(calls=calls), keys=mine)
+    assert again == first and again.signature == first.signature and again.ip == first.ip
+    assert len(calls) == 1, "the certificate is not issued twice"
+    (record,) = store.invitations()
+    assert (record.used_at, record.used_by_pop, record.node_id) == (NOW, "master", first.node_id)
+    assert store.members() == [first]
+    # Any other key set, half of it, or none at all: the invitation is used.
+    for keys in (other, (mine[0], other[1]), (other[0], mine[1]), None):
+        with pytest.raises(RedeemError, match="invitation already used"):
+            store.redeem(_hash(1), NOW + 61, "slave", _issuer(calls=calls), keys=keys)
+    # Even past the invitation's expiry, within the window; not after it.
+    assert store.redeem(_hash(1), NOW + 101, "master", _issuer(), keys=mine) == first
+    with pytest.raises(RedeemError, match="already used"):
+        store.redeem(_hash(1), NOW + REPLAY_WINDOW + 1, "master", _issuer(), keys=mine)
+    assert len(calls) == 1 and store.members() == [first]
+
+
+def test_an_old_token_with_old_keys_is_refused_once_the_member_moved_on(store: PopStore) -> None:
+    store.add_invitation(_hash(1), "db", NOW, NOW + WEEK)
+    old = _keys(b"\x11" * 32)
+    store.redeem(_hash(1), NOW, "master", _issuer(key_seed=b"\x11" * 32), keys=old)
+    store.add_invitation(_hash(2), "db", NOW + 1, NOW + WEEK)
+    renewed = store.redeem(
+        _hash(2), NOW + 2, "master", _issuer(key_seed=b"\x33" * 32), keys=_keys(b"\x33" * 32)
+    )
+    with pytest.raises(RedeemError, match="already used"):
+        store.redeem(_hash(1), NOW + 3, "master", _issuer(), keys=old)
+    assert store.members() == [renewed]
 
 
 def test_unknown_and_expired(store: PopStore) -> None:
@@ -212,6 +257,29 @@ def test_same_token_at_two_pops_concurrently_exactly_one_wins(db: Path) -> None:
         thread.join(30)
     assert sorted(outcomes) == ["used", "won"]
     assert len(stores[1].members()) == 1
+
+
+def test_same_token_and_keys_at_two_pops_concurrently_both_get_one_certificate(db: Path) -> None:
+    stores = [PopStore(sqlite_url(db)) for _ in range(2)]
+    stores[0].create_schema()
+    stores[0].add_invitation(_hash(1), "db", NOW, NOW + WEEK)
+    barrier = threading.Barrier(2)
+    certs: list[Certificate] = []
+    calls: list[Grant] = []
+
+    def run(store: PopStore, pop: str) -> None:
+        barrier.wait()
+        issue = _issuer(calls=calls, delay=0.2, key_seed=b"\x11" * 32)
+        certs.append(store.redeem(_hash(1), NOW, pop, issue, keys=_keys(b"\x11" * 32)))
+
+    pairs = zip(stores, ("master", "slave"), strict=True)
+    threads = [threading.Thread(target=run, args=pair) for pair in pairs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(certs) == 2 and certs[0] == certs[1] and len(calls) == 1
+    assert stores[1].members() == [certs[0]]
 
 
 def test_many_clients_at_two_pops_get_distinct_ids_and_addresses(db: Path) -> None:

@@ -37,7 +37,7 @@ async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
                 if not isinstance(request, dict):
                     raise ValueError
                 answer = await handler(request)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: JSON nested too deep
                 answer = {"ok": False, "error": "bad request"}
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
@@ -73,7 +73,7 @@ def request(path: Path, cmd: str, timeout: float = 5.0) -> dict[str, Any]:
         raise ControlError(f"cannot talk to the agent at {path}: {exc}") from None
     try:
         answer = json.loads(b"".join(chunks))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ControlError("the agent gave an unreadable answer") from None
     if not isinstance(answer, dict):
         raise ControlError("the agent gave an unreadable answer")

@@ -50,6 +50,12 @@ kernel's path"). A poll that comes less than an interval after a wake-up that re
 something does none of this: that read has just warmed the path. Together they cost
 ~5-6% of a core while a sparse flow runs and nothing once the agent is idle.
 
+Initiations have a socket of their own (daemon/steering.py): the kernel steers every
+INITIATION to a second socket on the mesh port, with a small queue, so that a flood of
+them overflows that queue and not the one the sessions' datagrams wait in. The agent
+reads it HANDSHAKE_BATCH datagrams per wake-up; after a full batch (a flood) it leaves
+it alone for HANDSHAKE_PAUSE, so a flood takes a bounded share of the agent's time.
+
 The member cache (members.json) is rewritten when membership changes, at most every
 few seconds, so a restart works with every PoP down.
 """
@@ -70,8 +76,10 @@ from naas.core.node import NodeCore, NodeEvent
 from naas.core.topology import Topology
 from naas.core.wire import overlay_mtu
 from naas.daemon import control, netconf
+from naas.daemon.backoff import Backoff
 from naas.daemon.metrics_server import serve_metrics
 from naas.daemon.state import NodeDir, write_file
+from naas.daemon.steering import bind_mesh_sockets
 from naas.daemon.tap import LinuxTap
 from naas.daemon.udp import LinuxUdpSocket, coalesce
 from naas.model.certificate import Certificate
@@ -81,13 +89,16 @@ log = logging.getLogger("naas.agent")
 
 BATCH = 64  # frames or datagrams handled per wake-up, per direction
 BATCH_BYTES = 256 * 1024  # ... and bytes: four super-frames (see "Turns" in the docstring)
+HANDSHAKE_BATCH = 16  # initiations read from the handshake socket per wake-up
+HANDSHAKE_PAUSE = 0.002  # seconds the handshake socket rests after a full batch (a flood)
 DEFAULT_POLL_INTERVAL = 0.002  # seconds between polls while traffic flows (see the docstring)
 MAX_POLL_INTERVAL = 0.1
 POLL_LINGER = 1.0  # seconds of polling after the last frame through naas0
 QUIET_GAP = 0.001  # seconds: a frame this long after the last on its descriptor most likely came alone
 BURST_GAP = 0.0002  # seconds: ... or this long, when the frames before it came alone too ("Back to sleep")
 WARM_DATAGRAM = bytes(140)  # about a sealed ping frame: what a poll echoes on loopback
-CACHE_SAVE_INTERVAL = 5.0
+CACHE_SAVE_INTERVAL = 5.0  # seconds between rewrites of members.json, at most
+MAX_CACHE_SAVE_RETRY = 60.0  # ... and between tries while it cannot be written (daemon/backoff.py)
 DEFAULT_INTERFACE = "naas0"
 
 
@@ -127,13 +138,16 @@ class Agent:
         self.core: NodeCore | None = None
         self._tap: LinuxTap | None = None
         self._udp: LinuxUdpSocket | None = None
+        self._handshake_udp: LinuxUdpSocket | None = None  # initiations only (daemon/steering.py)
+        self._handshake_rest: asyncio.TimerHandle | None = None  # armed while it rests after a flood
+        self.handshake_pauses = 0  # full batches read from the handshake socket: a flood
         self._warm_socket: LinuxUdpSocket | None = None  # the mesh socket's loopback twin
         self._loop: asyncio.AbstractEventLoop | None = None  # cached: asking costs a getpid()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._stopped = asyncio.Event()
         self._members_dirty = False
-        self._last_cache_save = 0.0
+        self._cache_saves = Backoff(CACHE_SAVE_INTERVAL, MAX_CACHE_SAVE_RETRY)  # members.json
         self._control: asyncio.AbstractServer | None = None
         self.extra_status: Callable[[], dict[str, Any]] | None = None
 
@@ -147,7 +161,11 @@ class Agent:
         cert = identity.certificate
         # pyroute2's synchronous API runs an event loop of its own: call it from a thread
         mtu = await asyncio.to_thread(self._configure_interface, network, cert)
-        self._udp = LinuxUdpSocket.bind(self.listen_host, network.mesh_port, offload=self.offload)
+        self._udp, self._handshake_udp, why_not = bind_mesh_sockets(
+            self.listen_host, network.mesh_port, offload=self.offload
+        )
+        if self._handshake_udp is None:
+            log.warning("initiations share the data socket's queue (%s)", why_not)
         if self.poll_interval > 0:
             self._warm_socket = self._bind_warm_socket(self._udp)
         now = loop.time()
@@ -163,6 +181,8 @@ class Agent:
         )
         loop.add_reader(self._tap.fileno(), self._tap_readable)
         loop.add_reader(self._udp.fileno(), self._udp_readable)
+        if self._handshake_udp is not None:
+            loop.add_reader(self._handshake_udp.fileno(), self._handshakes_readable)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
         if self.metrics_address is not None:  # before the control socket: `naas up` waits for that
@@ -223,16 +243,16 @@ class Agent:
 
     def close(self) -> None:
         loop = asyncio.get_event_loop()
-        for timer in (self._timer, self._poll):
+        for timer in (self._timer, self._poll, self._handshake_rest):
             if timer is not None:
                 timer.cancel()
         if self._control is not None:
             self._control.close()
-        for device in (self._tap, self._udp):
+        for device in (self._tap, self._udp, self._handshake_udp):
             if device is not None:
                 loop.remove_reader(device.fileno())
                 device.close()
-        self._tap = self._udp = None
+        self._tap = self._udp = self._handshake_udp = None
         if self._warm_socket is not None:
             self._warm_socket.close()
             self._warm_socket = None
@@ -315,6 +335,25 @@ class Agent:
             self._tap_readable()
         self._udp_done_at = monotonic()
 
+    def _handshakes_readable(self) -> None:
+        """Initiations, from their own socket (daemon/steering.py): a few per wake-up. A
+        full batch means a flood: the socket then rests HANDSHAKE_PAUSE, and its small
+        queue overflows in the kernel meanwhile, while the data socket is served."""
+        assert self._handshake_udp is not None and self.core is not None and self._loop is not None
+        datagrams = self._handshake_udp.receive_batch(HANDSHAKE_BATCH)
+        if datagrams:
+            self.core.datagrams_received(datagrams, self._now())
+            self._transmit()
+        if len(datagrams) == HANDSHAKE_BATCH:
+            self.handshake_pauses += 1
+            self._loop.remove_reader(self._handshake_udp.fileno())
+            self._handshake_rest = self._loop.call_later(HANDSHAKE_PAUSE, self._handshakes_rested)
+
+    def _handshakes_rested(self) -> None:
+        self._handshake_rest = None
+        if self._handshake_udp is not None and self._loop is not None:
+            self._loop.add_reader(self._handshake_udp.fileno(), self._handshakes_readable)
+
     def _traffic(self, now: float) -> None:
         """Frames went through naas0: poll for the next POLL_LINGER seconds."""
         self._traffic_at = now
@@ -379,7 +418,7 @@ class Agent:
         self._timer = None
         self.core.timer_fired(now)
         self._transmit()
-        if self._members_dirty and now - self._last_cache_save >= CACHE_SAVE_INTERVAL:
+        if self._members_dirty and self._cache_saves.due(now):
             self._save_members()
         self._arm_timer(now)
 
@@ -387,7 +426,7 @@ class Agent:
         assert self.core is not None
         deadline = self.core.next_deadline()
         if self._members_dirty:
-            deadline = min(deadline, self._last_cache_save + CACHE_SAVE_INTERVAL)
+            deadline = min(deadline, self._cache_saves.next_at)
         if self._timer is not None:
             if self._timer_at <= deadline:
                 return
@@ -431,16 +470,27 @@ class Agent:
         log.info("%s peer=%s node_id=%d %s", event.kind, event.name, event.node_id, event.detail)
 
     def _save_members(self, force: bool = False) -> None:
+        """Rewrite members.json if membership changed (``force``: anyway, at exit). When it
+        cannot be written (disk full, read-only, out of descriptors) the next try backs
+        off up to a minute and the log says so at most once a minute (daemon/backoff.py):
+        trying again at once would spin the agent and flood the log."""
         assert self.core is not None
         if not (self._members_dirty or force):
             return
+        now = self._now()
         try:
             self.node_dir.save_members(self.core.member_records()[1:])
         except OSError as exc:
-            log.warning("cannot save member cache: %s", exc)
+            report = self._cache_saves.failed(now)
+            if report is not None:
+                log.warning("cannot save member cache: %s (%s)", exc, report.describe())
+            elif force:
+                log.warning("cannot save member cache: %s (at exit)", exc)
             return
         self._members_dirty = False
-        self._last_cache_save = self._now()
+        failures = self._cache_saves.succeeded(now)
+        if failures:
+            log.info("member cache saved again after %d failed tries", failures)
 
     def member_enrolled(self, certificate: Any) -> None:
         """Called by a PoP's enrollment service in the same process."""
@@ -464,6 +514,8 @@ class Agent:
             "admitted": cookies.handshakes_admitted,
             "cookies_sent": cookies.cookies_sent,
             "hosts_tracked": cookies.sources_tracked,
+            "own_socket": self._handshake_udp is not None,
+            "pauses": self.handshake_pauses,
         }
 
     async def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -147,9 +147,6 @@ class NodeDir:
                 continue  # a damaged cache entry is skipped, never fatal
         return members
 
-    def save_certificate(self, cert_dict: dict[str, Any]) -> None:
-        write_json(self.path / "certificate.json", cert_dict)
-
 
 def client_node_dir(state_dir: Path, network: str) -> NodeDir:
     return NodeDir(network_dir(state_dir, network) / "node")

@@ -168,17 +168,26 @@ class LinuxUdpSocket:
 
     @classmethod
     def bind(
-        cls, host: str, port: int, *, buffer_bytes: int = DEFAULT_SOCKET_BUFFER, offload: bool = False
+        cls,
+        host: str,
+        port: int,
+        *,
+        buffer_bytes: int = DEFAULT_SOCKET_BUFFER,
+        offload: bool = False,
+        reuse_port: bool = False,
     ) -> LinuxUdpSocket:
         """Bind `host` (IPv4 or IPv6 literal, wildcard allowed) and `port` (0: any).
 
-        ``offload`` asks for UDP GSO and GRO where the kernel has them (module docstring).
+        ``offload`` asks for UDP GSO and GRO where the kernel has them (module docstring);
+        ``reuse_port`` sets ``SO_REUSEPORT`` (daemon/steering.py).
         """
         family = _family_of(host)
         sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, buffer_bytes)
             _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, buffer_bytes)
             sock.bind((host, port))
@@ -196,10 +205,9 @@ class LinuxUdpSocket:
         return dict(self._drops)
 
     @property
-    def buffer_sizes(self) -> tuple[int, int]:
-        """(receive, send) buffer sizes as the kernel reports them (it doubles them)."""
-        get = self._sock.getsockopt
-        return get(socket.SOL_SOCKET, socket.SO_RCVBUF), get(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    def raw_socket(self) -> socket.socket:
+        """The kernel socket, for options this class does not wrap (daemon/steering.py)."""
+        return self._sock
 
     def fileno(self) -> int:
         return self._sock.fileno()

@@ -122,7 +122,7 @@ def certificate_to_bytes(cert: Certificate) -> bytes:
 def certificate_from_bytes_untrusted(data: bytes) -> Certificate:
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         raise CodecError("certificate: not JSON") from None
     return certificate_from_dict(obj)
 

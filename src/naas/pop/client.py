@@ -7,11 +7,17 @@ For each attempt, the PoPs of the URL are tried in order::
     -> POST /v1/enroll {network, token, static_public, signing_public}
     -> 200: decode with the codec, check the certificate is ours and CA-signed
 
-A PoP that cannot be reached (or answers 5xx) is skipped; when all were skipped the
-next attempt starts after an exponential backoff, and after ``attempts`` rounds the
-client gives up with "cannot reach any PoP". A 4xx answer (bad request, invitation
-unknown, used or expired) is final: retrying cannot help. A pin mismatch is final
-too: it means a wrong URL or someone in the way, and is never "fixed" by another PoP.
+A PoP that cannot be reached, answers 5xx, 408 (our body came too slowly) or 429
+(too many failed attempts from our address) is skipped; when all were skipped the
+next round starts after an exponential backoff, or after the largest Retry-After of
+the round if that is longer (at most ``MAX_RETRY_AFTER``), and after ``attempts``
+rounds the client gives up with "cannot reach any PoP". Each skip is reported on one
+line (``notify``, stderr by default) naming the PoP, what failed and what comes next.
+Retrying is safe even when a PoP committed the enrollment and its answer was lost:
+the same token with the same keys gets the same certificate again. Any other 4xx
+answer (bad request, invitation unknown, used or expired) is final: retrying cannot
+help. A pin mismatch is final too: it means a wrong URL or someone in the way, and is
+never "fixed" by another PoP. The token appears in no message.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from __future__ import annotations
 import hmac
 import http.client
 import json
+import math
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,12 +45,13 @@ from naas.model.codec import (
 )
 from naas.model.ids import Endpoint
 from naas.model.network import MemberRecord, NetworkInfo
-from naas.pop.invitations import Invitation, spki_pin
+from naas.pop.invitations import ENROLL_PATH, Invitation, spki_pin
 
-ENROLL_PATH = "/v1/enroll"
 DEFAULT_ATTEMPTS = 5
 DEFAULT_BACKOFF = 0.5  # seconds before the 2nd round; doubles each round
 MAX_BACKOFF = 8.0
+MAX_RETRY_AFTER = 30.0  # s: the longest a PoP's Retry-After (429) makes us wait
+RETRY_STATUSES = (408, 429)  # 4xx answers that another try may not get; 5xx too
 DEFAULT_TIMEOUT = 10.0  # per connection and per read
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 MAX_MEMBERS = 65_536
@@ -54,6 +63,10 @@ class EnrollmentError(Exception):
 
 class _Unreachable(Exception):
     """A failure at one PoP that another PoP or a later attempt may not have."""
+
+    def __init__(self, why: str, retry_after: float = 0.0) -> None:
+        super().__init__(why)
+        self.retry_after = retry_after  # seconds the PoP asked us to wait (429), else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +86,15 @@ def enroll(
     backoff: float = DEFAULT_BACKOFF,
     timeout: float = DEFAULT_TIMEOUT,
     sleep: Callable[[float], None] = time.sleep,
+    notify: Callable[[str], None] | None = None,
 ) -> EnrollmentResult:
-    """Redeem ``invitation`` for a certificate on our public keys; raise EnrollmentError."""
+    """Redeem ``invitation`` for a certificate on our public keys; raise EnrollmentError.
+
+    ``notify`` gets one line per retry (default: ``naas: ...`` on stderr).
+    """
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
+    say = notify or _on_stderr
     body = json.dumps(
         {
             "network": invitation.network,
@@ -86,18 +104,46 @@ def enroll(
         }
     ).encode()
     last_failure: dict[Endpoint, str] = {}
+    pops = invitation.pops
     for attempt in range(attempts):
-        if attempt:
-            sleep(min(backoff * 2 ** (attempt - 1), MAX_BACKOFF))
-        for endpoint, pin in invitation.pops:
+        retry_after = 0.0
+        for index, (endpoint, pin) in enumerate(pops):
             try:
                 status, answer = _post(endpoint, pin, body, timeout)
             except _Unreachable as exc:
-                last_failure[endpoint] = str(exc)
+                why = _scrub(str(exc), invitation.token)
+                last_failure[endpoint] = why
+                retry_after = max(retry_after, exc.retry_after)
+                if index + 1 < len(pops):
+                    say(f"enrollment: PoP {endpoint}: {why}; trying PoP {pops[index + 1][0]} now")
+                elif attempt + 1 < attempts:
+                    wait = _wait(attempt, backoff, retry_after)
+                    say(
+                        f"enrollment: PoP {endpoint}: {why}; retrying in {wait:.1f} s "
+                        f"(round {attempt + 2} of {attempts})"
+                    )
+                    sleep(wait)
                 continue
-            return _result(invitation, endpoint, status, answer, static_public, signing_public)
+            try:
+                return _result(invitation, endpoint, status, answer, static_public, signing_public)
+            except EnrollmentError as exc:
+                raise EnrollmentError(_scrub(str(exc), invitation.token)) from None
     details = "; ".join(f"{endpoint}: {why}" for endpoint, why in last_failure.items())
     raise EnrollmentError(f"cannot reach any PoP ({details})")
+
+
+def _wait(attempt: int, backoff: float, retry_after: float) -> float:
+    """Seconds before round ``attempt + 2``: the backoff, or a longer Retry-After (bounded)."""
+    return max(min(backoff * 2.0**attempt, MAX_BACKOFF), min(retry_after, MAX_RETRY_AFTER))
+
+
+def _on_stderr(line: str) -> None:
+    print(f"naas: {line}", file=sys.stderr, flush=True)
+
+
+def _scrub(text: str, token: str) -> str:
+    """``text`` without the token, whatever a PoP echoed back."""
+    return text.replace(token, "<token>") if token else text
 
 
 def client_ssl_context() -> ssl.SSLContext:
@@ -140,8 +186,9 @@ def _post(endpoint: Endpoint, pin: str, body: bytes, timeout: float) -> tuple[in
             raise _Unreachable(_describe(exc)) from None
         if len(answer) > MAX_ANSWER_BYTES:
             raise EnrollmentError(f"PoP {endpoint} sent an oversized answer")
-        if response.status >= 500:
-            raise _Unreachable(f"HTTP {response.status} {_server_message(answer)}")
+        if response.status >= 500 or response.status in RETRY_STATUSES:
+            retry_after = _retry_after(response.getheader("Retry-After"))
+            raise _Unreachable(f"HTTP {response.status} {_server_message(answer)}", retry_after)
         return response.status, answer
     finally:
         connection.close()
@@ -167,7 +214,7 @@ def _result(
         if not isinstance(raw_members, list) or len(raw_members) > MAX_MEMBERS:
             raise CodecError("members: expected a list")
         members = tuple(member_from_dict(m, "members") for m in raw_members)
-    except (ValueError, UnicodeDecodeError) as exc:  # CodecError is a ValueError
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # CodecError is a ValueError
         raise EnrollmentError(f"PoP {endpoint} sent a malformed answer: {exc}") from None
     problem = None
     if network.name != invitation.network or cert.network != invitation.network:
@@ -190,10 +237,19 @@ def _pin_or_none(der: bytes | None) -> str | None:
         return None
 
 
+def _retry_after(value: str | None) -> float:
+    """Retry-After in seconds (we send only seconds; a date or garbage counts as none)."""
+    try:
+        seconds = float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+
+
 def _server_message(answer: bytes) -> str:
     try:
         message = json.loads(answer).get("error")
-    except (ValueError, AttributeError, UnicodeDecodeError):
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
         message = None
     if not isinstance(message, str):
         return "no error message"

@@ -11,7 +11,13 @@ IMMEDIATE``, so two processes queue instead of failing on a lock upgrade; Postgr
     invitation exists? -> unused? -> not expired? -> node id (same name: same id,
     else the counter) -> issue(Grant) -> store member -> mark invitation used -> COMMIT
 
-Anything raised on the way rolls everything back: the token stays usable. On SQLite
+Anything raised on the way rolls everything back: the token stays usable. A used
+invitation redeemed again with the same two public keys, within ``REPLAY_WINDOW`` of
+its use, gets the stored certificate back unchanged (same node id, address and
+signature) and nothing is written: the answer to the first redemption may have been
+lost (a PoP killed between COMMIT and its answer, a dropped connection), and the
+client's retry must not find its own invitation "already used". Other keys are
+refused as before. On SQLite
 the file is created mode 0600, WAL lets readers run beside the writer, and a busy
 timeout makes a second PoP process wait for the lock rather than fail.
 """
@@ -55,6 +61,7 @@ from naas.pop.addresses import choose_ip
 SCHEMA_VERSION = 1
 FIRST_NODE_ID = 1
 BUSY_TIMEOUT_MS = 30_000  # how long a PoP waits for the other PoP's write transaction
+REPLAY_WINDOW = 3600  # s after its use in which a retry with the same keys gets its certificate
 
 REDEEM_MESSAGES = {
     "unknown": "invitation unknown",
@@ -227,9 +234,14 @@ class PopStore:
         now: float,
         pop_name: str,
         issue: Callable[[Grant], Certificate],
+        *,
+        keys: tuple[bytes, bytes] | None = None,
     ) -> Certificate:
         """Atomically use an invitation and enroll its client; see the module docstring.
 
+        ``keys`` are the (static, signing) public keys the client asks a certificate
+        for: with them, a used invitation whose member still holds exactly these keys
+        returns that member's stored certificate (``issue`` is not called).
         Raises RedeemError("unknown" | "used" | "expired"); anything ``issue`` raises
         propagates, and in every failure case nothing is changed.
         """
@@ -240,7 +252,10 @@ class PopStore:
             if invitation is None:
                 raise RedeemError("unknown")
             if invitation.used_at is not None:
-                raise RedeemError("used")
+                again = _redeemed_with(conn, invitation, keys, now)
+                if again is None:
+                    raise RedeemError("used")
+                return again
             if now >= invitation.expires_at:
                 raise RedeemError("expired")
             name = invitation.client_name
@@ -374,6 +389,23 @@ def _next_node_id(conn: Connection) -> NodeId:
         raise RuntimeError("node ids exhausted")
     _set_meta(conn, "next_node_id", str(candidate + 1))
     return NodeId(candidate)
+
+
+def _redeemed_with(
+    conn: Connection, invitation: Any, keys: tuple[bytes, bytes] | None, now: float
+) -> Certificate | None:
+    """The certificate a used ``invitation`` gave ``keys``, if a retry may have it again."""
+    if keys is None or invitation.node_id is None or now - invitation.used_at > REPLAY_WINDOW:
+        return None
+    text = conn.execute(
+        select(members.c.certificate_json).where(
+            members.c.node_id == invitation.node_id, members.c.name == invitation.client_name
+        )
+    ).scalar_one_or_none()
+    if text is None:
+        return None
+    cert = _load_cert(text)
+    return cert if (cert.static_public, cert.signing_public) == keys else None
 
 
 def _member_row(cert: Certificate, now: float, via: str) -> dict[str, Any]:
