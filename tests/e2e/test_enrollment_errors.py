@@ -19,7 +19,7 @@ from conftest import requires_root, running_story
 from naas.lab.story import NETWORK, Story, enrollment_argv
 from naas.model.codec import b64e
 from naas.pop.client import DEFAULT_ATTEMPTS
-from naas.pop.server import TLS_HANDSHAKE_TIMEOUT
+from naas.pop.limits import TLS_HANDSHAKE_TIMEOUT
 
 pytestmark = [pytest.mark.netns, requires_root]
 

@@ -7,7 +7,7 @@ behind for a reason that is gone.
     naas.core.wire.DropReason      --->   `drops` reason
     naas.daemon.udp.UdpDrop        --->   `udp_send_drops` reason
     naas.daemon.tap.TapDrop        --->   `tap_write_drops` reason
-    naas.pop.server.Refusal        --->   `refusals` reason
+    naas.pop.limits.Refusal        --->   `refusals` reason
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ TABLES: dict[str, str] = {
     "naas.core.wire.DropReason": "`drops` reason",
     "naas.daemon.udp.UdpDrop": "`udp_send_drops` reason",
     "naas.daemon.tap.TapDrop": "`tap_write_drops` reason",
-    "naas.pop.server.Refusal": "`refusals` reason",
+    "naas.pop.limits.Refusal": "`refusals` reason",
 }
 REASON_ENUM = re.compile(r"Drop|Refusal")  # the names of enums whose members are counted reasons
 

@@ -26,7 +26,7 @@ import uvloop
 from test_enrollment_http import Lab, _keys, open_lab, request
 
 from naas.pop.client import enroll
-from naas.pop.server import ACCEPT_RETRY_DELAY, MAX_CONNECTIONS_PER_SOURCE, EnrollmentLimits, Refusal
+from naas.pop.limits import ACCEPT_RETRY_DELAY, MAX_CONNECTIONS_PER_SOURCE, EnrollmentLimits, Refusal
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,

@@ -20,7 +20,7 @@ from test_enrollment_http import Lab, _keys, open_lab, request
 from naas.model.codec import b64e
 from naas.pop.client import MAX_RETRY_AFTER, EnrollmentError, enroll
 from naas.pop.invitations import make_token
-from naas.pop.server import (
+from naas.pop.limits import (
     BODY_TIMEOUT,
     CONNECTION_LIFETIME,
     FAILURE_BURST,

@@ -36,13 +36,15 @@ from test_enrollment_http import CA_PRIVATE, CONFIG, NOW, Lab, _keys, open_lab
 from naas.model.ids import Endpoint
 from naas.pop.client import EnrollmentError, EnrollmentResult, enroll
 from naas.pop.invitations import Invitation
-from naas.pop.server import MAX_CONNECTIONS_PER_SOURCE, make_tls_material, write_tls_material
+from naas.pop.limits import MAX_CONNECTIONS_PER_SOURCE
 from naas.pop.store import sqlite_url
+from naas.pop.tls import make_tls_material, write_tls_material
 
 CHILD = """
 import asyncio, pickle, sys, time
 import uvloop
-from naas.pop.server import EnrollmentService, server_ssl_context, start_enrollment_site
+from naas.pop.server import EnrollmentService, start_enrollment_site
+from naas.pop.tls import server_ssl_context
 from naas.pop.store import PopStore
 
 args = pickle.loads(open(sys.argv[1], "rb").read())

@@ -24,7 +24,7 @@ from naas.model.codec import b64e
 from naas.model.ids import Endpoint
 from naas.pop.client import EnrollmentError, enroll
 from naas.pop.invitations import ENROLL_PATH, Invitation, token_hash
-from naas.pop.server import Refusal
+from naas.pop.limits import Refusal
 
 
 @pytest.fixture

@@ -34,17 +34,10 @@ from naas.model.network import NetworkInfo, PopInfo
 from naas.pop.ca import issue_certificate
 from naas.pop.client import EnrollmentError, enroll
 from naas.pop.invitations import Invitation, make_token, token_hash
-from naas.pop.server import (
-    EnrollmentLimits,
-    EnrollmentService,
-    Refusal,
-    TlsMaterial,
-    make_tls_material,
-    server_ssl_context,
-    start_enrollment_site,
-    write_tls_material,
-)
+from naas.pop.limits import EnrollmentLimits, Refusal
+from naas.pop.server import EnrollmentService, start_enrollment_site
 from naas.pop.store import PopStore, sqlite_url
+from naas.pop.tls import TlsMaterial, make_tls_material, server_ssl_context, write_tls_material
 
 NOW = 1_700_000_000.0
 WEEK = 7 * 86_400

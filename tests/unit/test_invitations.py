@@ -20,7 +20,7 @@ from naas.pop.invitations import (
     spki_pin,
     token_hash,
 )
-from naas.pop.server import make_tls_material
+from naas.pop.tls import make_tls_material
 
 TOKEN = make_token(bytes(range(32)))
 PIN_A = "sha256:" + b64e(b"\x01" * 32)

@@ -48,15 +48,9 @@ from naas.model.ids import Endpoint
 from naas.model.network import MemberRecord, NetworkInfo, PopInfo
 from naas.pop.ca import issue_certificate
 from naas.pop.invitations import build_url, make_token, token_hash
-from naas.pop.server import (
-    EnrollmentService,
-    make_tls_material,
-    server_ssl_context,
-    start_enrollment_site,
-    tls_pin_of_pem,
-    write_tls_material,
-)
+from naas.pop.server import EnrollmentService, start_enrollment_site
 from naas.pop.store import PopStore, sqlite_url
+from naas.pop.tls import make_tls_material, server_ssl_context, tls_pin_of_pem, write_tls_material
 
 DEFAULT_TTL = 7 * 86400
 _TTL_RE = re.compile(r"^(\d+)([smhd]?)$")
@@ -381,9 +375,7 @@ async def _run_pop(
     for cert in store.members():
         agent.core.member_enrolled(cert, now)  # members enrolled before this start
     service = EnrollmentService(config, name, store, ca_private, info, time.time, agent.member_enrolled)
-    agent.extra_status = lambda: {
-        "pop": {"name": name, "enrolled": service.enrolled, "enroll_requests": service.enroll_requests}
-    }
+    agent.extra_status = lambda: {"pop": {"name": name, **service.status()}}
     runner, port = await start_enrollment_site(
         service,
         "0.0.0.0",

@@ -32,32 +32,21 @@ member's name and node id. ``GET /v1/health`` answers without touching the store
 from __future__ import annotations
 
 import asyncio
-import datetime
 import errno
-import hashlib
-import ipaddress
 import json
 import logging
 import math
-import os
 import socket
 import ssl
 import struct
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
-from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from naas.model.certificate import Certificate
 from naas.model.codec import (
@@ -71,269 +60,26 @@ from naas.model.config import NetworkConfig
 from naas.model.network import MemberRecord, NetworkInfo
 from naas.pop.addresses import AddressPoolExhausted, choose_ip
 from naas.pop.ca import issue_certificate
-from naas.pop.invitations import ENROLL_PATH, is_well_formed_token, spki_pin, token_hash
+from naas.pop.invitations import ENROLL_PATH, is_well_formed_token, token_hash
+from naas.pop.limits import (
+    ACCEPT_RETRY_DELAY,
+    LISTEN_BACKLOG,
+    MAX_HEADER_LINE,
+    MAX_HEADERS,
+    MAX_REQUEST_BYTES,
+    SHUTDOWN_GRACE,
+    TLS_SHUTDOWN_TIMEOUT,
+    ConnectionTable,
+    EnrollmentLimits,
+    FailureLimiter,
+    Refusal,
+    source_of,
+)
 from naas.pop.store import Grant, PopStore, RedeemError
 
 log = logging.getLogger("naas.pop.server")
 
 HEALTH_PATH = "/v1/health"
-TLS_DAYS = 3650
-
-# -- enrollment limits (docs/operations.md "Enrollment limits") -----------------------------
-# Sizes: what one request may hold.
-MAX_REQUEST_BYTES = 16 * 1024  # request body; larger: 413
-MAX_HEADER_LINE = 4096  # bytes of the request line and of each header field; aiohttp: 400
-MAX_HEADERS = 32  # header fields per request
-# Time: every phase of a connection has a deadline (seconds).
-TLS_HANDSHAKE_TIMEOUT = 5.0  # accept -> TLS handshake done
-HEADER_TIMEOUT = 5.0  # TLS handshake done -> the first request's headers complete
-BODY_TIMEOUT = 5.0  # headers complete -> body complete; else 408 and close
-KEEPALIVE_TIMEOUT = 5.0  # an answer handed over -> the next request's headers complete
-CONNECTION_LIFETIME = 120.0  # TLS handshake done -> cut, whatever happens (the store may wait 30 s)
-TLS_SHUTDOWN_TIMEOUT = 2.0  # a closing connection waits this long for the peer's close_notify
-SHUTDOWN_GRACE = 5.0  # a stopping PoP lets enrollments in progress finish this long
-ACCEPT_RETRY_DELAY = 1.0  # accept() failed (out of descriptors): pause accepting this long
-# Connections: with the common limit of 1,024 descriptors, one host cannot take them all.
-MAX_CONNECTIONS_PER_SOURCE = 16  # open connections per IPv4 address / IPv6 /64
-MAX_CONNECTIONS = 512  # open connections in all; the agent and the store need descriptors too
-LISTEN_BACKLOG = 128
-# Failed attempts (400, 403, 408, 413): a token bucket per source.
-FAILURE_BURST = 10  # failures a source may make in a row ...
-FAILURE_REFILL_SECONDS = 3.0  # ... then one more per this many seconds; meanwhile 429
-MAX_TRACKED_SOURCES = 4096  # sources remembered; the least recently failed forgotten first
-
-
-@dataclass(frozen=True, slots=True)
-class EnrollmentLimits:
-    """The limits above as one value (tests shorten the timeouts)."""
-
-    tls_handshake_timeout: float = TLS_HANDSHAKE_TIMEOUT
-    header_timeout: float = HEADER_TIMEOUT
-    body_timeout: float = BODY_TIMEOUT
-    keepalive_timeout: float = KEEPALIVE_TIMEOUT
-    connection_lifetime: float = CONNECTION_LIFETIME
-    max_connections_per_source: int = MAX_CONNECTIONS_PER_SOURCE
-    max_connections: int = MAX_CONNECTIONS
-    failure_burst: int = FAILURE_BURST
-    failure_refill_seconds: float = FAILURE_REFILL_SECONDS
-    max_tracked_sources: int = MAX_TRACKED_SOURCES
-
-
-class Refusal(Enum):
-    """Why a request or a connection was refused; each has a counter (``refusals``)."""
-
-    BAD_REQUEST = "bad_request"  # 400
-    INVITATION_UNKNOWN = "invitation_unknown"  # 403
-    INVITATION_USED = "invitation_used"  # 403
-    INVITATION_EXPIRED = "invitation_expired"  # 403
-    BODY_TIMEOUT = "body_timeout"  # 408
-    TOO_LARGE = "too_large"  # 413
-    RATE_LIMITED = "rate_limited"  # 429
-    TOO_MANY_FROM_SOURCE = "too_many_connections_from_source"  # closed at accept
-    TOO_MANY_CONNECTIONS = "too_many_connections"  # closed at accept
-    ACCEPT_FAILED = "accept_failed"  # accept() itself failed (out of descriptors)
-    TLS_HANDSHAKE_FAILED = "tls_handshake_failed"  # failed or too slow
-    HEADER_TIMEOUT = "header_timeout"  # cut
-    IDLE_TIMEOUT = "idle_timeout"  # cut
-    LIFETIME = "connection_lifetime"  # cut
-
-
-# -- TLS material ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TlsMaterial:
-    cert_pem: bytes
-    key_pem: bytes  # secret: write it only through write_tls_material (mode 0600)
-
-    @property
-    def pin(self) -> str:
-        return tls_pin_of_pem(self.cert_pem)
-
-    def __repr__(self) -> str:
-        return f"TlsMaterial(pin={self.pin!r})"
-
-
-def make_tls_material(
-    name: str = "naas-pop",
-    *,
-    private_key_seed: bytes | None = None,
-    now: float | None = None,
-    days: int = TLS_DAYS,
-) -> TlsMaterial:
-    """A fresh ECDSA P-256 key and a self-signed certificate for it.
-
-    With ``private_key_seed`` (>= 32 bytes) the key is derived from the seed, so the
-    pin can be recomputed from a stored secret; without it the key is random.
-    """
-    curve = ec.SECP256R1()
-    if private_key_seed is None:
-        key = ec.generate_private_key(curve)
-        serial = x509.random_serial_number()
-    else:
-        if len(private_key_seed) < 32:
-            raise ValueError("TLS key seed must be at least 32 bytes")
-        digest = hashlib.sha512(b"naas tls key\x00" + private_key_seed).digest()
-        order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256 n
-        key = ec.derive_private_key(int.from_bytes(digest, "big") % (order - 1) + 1, curve)
-        serial = int.from_bytes(hashlib.sha256(digest).digest()[:16], "big") >> 1 or 1
-    start = datetime.datetime.fromtimestamp(
-        now if now is not None else datetime.datetime.now(datetime.UTC).timestamp(),
-        datetime.UTC,
-    )
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"naas PoP {name}")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(start - datetime.timedelta(days=1))
-        .not_valid_after(start + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return TlsMaterial(
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-
-
-def tls_pin_of_pem(cert_pem: bytes) -> str:
-    """The invitation pin (``sha256:...``) of a PEM certificate."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    return spki_pin(cert.public_bytes(serialization.Encoding.DER))
-
-
-def write_tls_material(material: TlsMaterial, cert_path: Path, key_path: Path) -> None:
-    """Write the certificate (0644) and the key (0600, created so: never readable)."""
-    _write_file(key_path, material.key_pem, 0o600)
-    _write_file(cert_path, material.cert_pem, 0o644)
-
-
-def load_tls_material(cert_path: Path, key_path: Path) -> TlsMaterial:
-    return TlsMaterial(cert_pem=cert_path.read_bytes(), key_pem=key_path.read_bytes())
-
-
-def server_ssl_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_path, key_path)
-    return context
-
-
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # the file may have existed with looser bits
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-# -- the limits' pure logic -----------------------------------------------------------------
-
-
-def source_of(host: str | None) -> str:
-    """The key a peer is limited under: its IPv4 address, or its IPv6 /64."""
-    if not host:
-        return "unknown"
-    try:
-        ip = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-    return str(ip)
-
-
-class FailureLimiter:
-    """Failed attempts per source as token buckets (pure: ``now`` is passed in).
-
-    A source starts with ``burst`` credits; each failure spends one, and credit comes
-    back at one per ``refill_seconds`` up to ``burst``. With less than one credit the
-    source must wait ``retry_after(source, now)`` seconds. Only failures are recorded:
-    a source that never fails has no entry. A source whose bucket is full again is
-    forgotten, and past ``max_sources`` entries the least recently failed is forgotten
-    first (it then starts again with a full bucket), so memory stays bounded.
-    """
-
-    def __init__(self, burst: int, refill_seconds: float, max_sources: int) -> None:
-        if burst < 1 or refill_seconds <= 0 or max_sources < 1:
-            raise ValueError("failure limiter: burst, refill and table size must be positive")
-        self._burst = burst
-        self._refill = refill_seconds
-        self._max = max_sources
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # (credit, at)
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def retry_after(self, source: str, now: float) -> float:
-        """0.0 if ``source`` may try now, else the seconds until it may."""
-        credit = self._credit(source, now)
-        return 0.0 if credit >= 1.0 else (1.0 - credit) * self._refill
-
-    def failed(self, source: str, now: float) -> None:
-        """``source`` made a failed attempt at ``now``."""
-        self._buckets[source] = (max(0.0, self._credit(source, now) - 1.0), now)
-        self._buckets.move_to_end(source)
-        while self._buckets:
-            oldest = next(iter(self._buckets))
-            if len(self._buckets) <= self._max and self._credit(oldest, now) < self._burst:
-                break
-            del self._buckets[oldest]
-
-    def _credit(self, source: str, now: float) -> float:
-        entry = self._buckets.get(source)
-        if entry is None:
-            return float(self._burst)
-        credit, at = entry
-        return min(float(self._burst), credit + max(0.0, now - at) / self._refill)
-
-
-class ConnectionTable:
-    """Open connections per source and in all (pure): may one more open?"""
-
-    def __init__(self, per_source: int, total: int) -> None:
-        if per_source < 1 or total < 1:
-            raise ValueError("connection table: limits must be positive")
-        self._per_source = per_source
-        self._total = total
-        self._open: dict[str, int] = {}
-        self.total = 0
-
-    def open_from(self, source: str) -> int:
-        return self._open.get(source, 0)
-
-    def admit(self, source: str) -> Refusal | None:
-        """Count one more connection from ``source``, or say why it is refused."""
-        if self._open.get(source, 0) >= self._per_source:
-            return Refusal.TOO_MANY_FROM_SOURCE
-        if self.total >= self._total:
-            return Refusal.TOO_MANY_CONNECTIONS
-        self._open[source] = self._open.get(source, 0) + 1
-        self.total += 1
-        return None
-
-    def release(self, source: str) -> None:
-        """A connection ``admit`` counted has closed."""
-        left = self._open.get(source, 0) - 1
-        if left < 0:
-            raise ValueError(f"connection table: no open connection from {source}")
-        if left:
-            self._open[source] = left
-        else:
-            del self._open[source]
-        self.total -= 1
-
 
 # -- the service ----------------------------------------------------------------------------
 
