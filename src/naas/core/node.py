@@ -13,11 +13,13 @@ Theory of operation. The driver feeds events in and drains effects out:
         -> take_events()     [NodeEvent] to log
 
 The data path (frames switched and sealed, datagrams relayed or opened, FRAGMENT pieces
-joined, the offload fast path) is core/datapath.py, which NodeCore inherits. NodeCore
-owns all the state and sets it up here, and decides who gets a session and when. A
-member with no session to send on gets a Noise IK initiation, retried until answered
-(its frames wait in a short queue); the peer's certificate, signed by the network CA,
-travels inside the encrypted handshake payload and must match the Noise static key.
+joined, the offload fast path) is core/datapath.py, and the handshakes (Noise IK
+initiations and responses, cookies under load) are core/handshakes.py; NodeCore
+inherits both. NodeCore owns all the state and sets it up here, and decides who gets a
+session and when. A member with no session to send on gets an initiation, retried
+until answered (its frames wait in a short queue); the peer's certificate, signed by
+the network CA, travels inside the encrypted handshake payload and must match the Noise
+static key.
 Control messages (probes, member records, link state) come from the data path.
 
 Two parts live in modules of their own, each given NodeCore's sessions to send on:
