@@ -15,8 +15,8 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import requires_root, running_story
 
+from conftest import requires_root, running_story
 from naas.lab.story import Story
 
 pytestmark = [pytest.mark.netns, requires_root]

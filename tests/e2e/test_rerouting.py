@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import requires_root, running_story
 
+from conftest import requires_root, running_story
 from naas.core.cookie import mac_key, with_macs
 from naas.core.handshake import InitiatorHandshake
 from naas.core.wire import HANDSHAKE_TIMESTAMP, PROLOGUE_PREFIX, pack_initiation
@@ -110,8 +110,10 @@ print(sent)
 
 def test_a_handshake_flood_from_a_stranger_asks_cookies_and_keeps_the_mesh(story: Story) -> None:
     """The router namespace (no member of the mesh) sends well-formed initiations to
-    desktop's mesh port as fast as one Python loop can (core/cookie.py): desktop comes
-    under load, answers cookies, drops the rest on its rate limits, and keeps its links.
+    desktop's mesh port as fast as one Python loop can (core/cookie.py): they land on
+    desktop's handshake socket (daemon/steering.py), desktop comes under load, answers
+    cookies, drops the rest on its rate limits or lets the kernel drop them, and keeps
+    its links.
 
         router (stranger) ==initiations==> desktop:5640
     """
@@ -150,7 +152,10 @@ def test_a_handshake_flood_from_a_stranger_asks_cookies_and_keeps_the_mesh(story
     assert during["agent"]["handshakes"]["under_load"] is True
     assert after["agent"]["handshakes"]["cookies_sent"] > before["agent"]["handshakes"]["cookies_sent"]
     drops = {reason: count - before["drops"].get(reason, 0) for reason, count in after["drops"].items()}
-    assert drops.get("rate_limited", 0) + drops.get("cookie_required", 0) > sent * 0.5, (sent, drops)
+    assert drops.get("rate_limited", 0) > 0 and drops.get("cookie_required", 0) > 0, (sent, drops)
+    # what the agent did not read, the kernel dropped at the handshake socket's own queue
+    assert after["agent"]["handshakes"]["own_socket"] is True
+    assert after["agent"]["handshakes"]["pauses"] > before["agent"]["handshakes"]["pauses"]
     spent = after["agent"]["handshakes"]["admitted"] - before["agent"]["handshakes"]["admitted"]
     assert spent < 200, f"{spent} Diffie-Hellman for {sent} initiations"
     assert answered is not None, "a ping crossed the mesh during the flood"
