@@ -55,6 +55,8 @@ INITIATION to a second socket on the mesh port, with a small queue, so that a fl
 them overflows that queue and not the one the sessions' datagrams wait in. The agent
 reads it HANDSHAKE_BATCH datagrams per wake-up; after a full batch (a flood) it leaves
 it alone for HANDSHAKE_PAUSE, so a flood takes a bounded share of the agent's time.
+``NAAS_HANDSHAKE_SOCKET=off`` keeps one socket for everything (as before; for bench/run's
+comparison, or a kernel that misbehaves with the steering).
 
 The member cache (members.json) is rewritten when membership changes, at most every
 few seconds, so a restart works with every PoP down.
@@ -161,11 +163,14 @@ class Agent:
         cert = identity.certificate
         # pyroute2's synchronous API runs an event loop of its own: call it from a thread
         mtu = await asyncio.to_thread(self._configure_interface, network, cert)
-        self._udp, self._handshake_udp, why_not = bind_mesh_sockets(
-            self.listen_host, network.mesh_port, offload=self.offload
-        )
-        if self._handshake_udp is None:
-            log.warning("initiations share the data socket's queue (%s)", why_not)
+        if os.environ.get("NAAS_HANDSHAKE_SOCKET", "on") == "off":  # one socket, as before (bench/run)
+            self._udp = LinuxUdpSocket.bind(self.listen_host, network.mesh_port, offload=self.offload)
+        else:
+            self._udp, self._handshake_udp, why_not = bind_mesh_sockets(
+                self.listen_host, network.mesh_port, offload=self.offload
+            )
+            if self._handshake_udp is None:
+                log.warning("initiations share the data socket's queue (%s)", why_not)
         if self.poll_interval > 0:
             self._warm_socket = self._bind_warm_socket(self._udp)
         now = loop.time()
