@@ -234,50 +234,51 @@ def test_issuer_must_honour_the_grant(store: PopStore) -> None:
     assert store.invitations()[0].used_at is None
 
 
-def test_same_token_at_two_pops_concurrently_exactly_one_wins(db: Path) -> None:
+def _at_two_pops_at_once(db: Path, redeem: Callable[[PopStore, str], None]) -> list[PopStore]:
+    """Two PoPs' stores over one database holding invitation 1; ``redeem(store, pop)``
+    runs for both at the same instant, each in a thread. Returns the stores."""
     stores = [PopStore(sqlite_url(db)) for _ in range(2)]
     stores[0].create_schema()
     stores[0].add_invitation(_hash(1), "db", NOW, NOW + WEEK)
     barrier = threading.Barrier(2)
-    outcomes: list[str] = []
 
     def run(store: PopStore, pop: str) -> None:
         barrier.wait()
+        redeem(store, pop)
+
+    pairs = zip(stores, ("master", "slave"), strict=True)
+    threads = [threading.Thread(target=run, args=pair) for pair in pairs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return stores
+
+
+def test_same_token_at_two_pops_concurrently_exactly_one_wins(db: Path) -> None:
+    outcomes: list[str] = []
+
+    def redeem(store: PopStore, pop: str) -> None:
         try:
             store.redeem(_hash(1), NOW, pop, _issuer(delay=0.2))  # a wide window
             outcomes.append("won")
         except RedeemError as exc:
             outcomes.append(exc.reason)
 
-    pairs = zip(stores, ("master", "slave"), strict=True)
-    threads = [threading.Thread(target=run, args=pair) for pair in pairs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    stores = _at_two_pops_at_once(db, redeem)
     assert sorted(outcomes) == ["used", "won"]
     assert len(stores[1].members()) == 1
 
 
 def test_same_token_and_keys_at_two_pops_concurrently_both_get_one_certificate(db: Path) -> None:
-    stores = [PopStore(sqlite_url(db)) for _ in range(2)]
-    stores[0].create_schema()
-    stores[0].add_invitation(_hash(1), "db", NOW, NOW + WEEK)
-    barrier = threading.Barrier(2)
     certs: list[Certificate] = []
     calls: list[Grant] = []
 
-    def run(store: PopStore, pop: str) -> None:
-        barrier.wait()
+    def redeem(store: PopStore, pop: str) -> None:
         issue = _issuer(calls=calls, delay=0.2, key_seed=b"\x11" * 32)
         certs.append(store.redeem(_hash(1), NOW, pop, issue, keys=_keys(b"\x11" * 32)))
 
-    pairs = zip(stores, ("master", "slave"), strict=True)
-    threads = [threading.Thread(target=run, args=pair) for pair in pairs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    stores = _at_two_pops_at_once(db, redeem)
     assert len(certs) == 2 and certs[0] == certs[1] and len(calls) == 1
     assert stores[1].members() == [certs[0]]
 
