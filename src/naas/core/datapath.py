@@ -118,6 +118,7 @@ _MIN_VNET_READ = VNET_HDR_LEN + ETHERNET_HEADER_LEN
 _ETHERTYPE_ARP = b"\x08\x06"
 _ETHERTYPE_IPV4 = b"\x08\x00"
 _EXPRESS_OUTER = bytes((TYPE_DATA, DEFAULT_HOP_LIMIT, 0, 0))  # a DATA datagram sent straight to us, no flags
+_INITIATION_TYPE = bytes((TYPE_INITIATION,))
 LOOPBACK: Address = ("loopback", 0)  # where warm_up's datagram "goes": never a socket
 
 
@@ -413,7 +414,11 @@ class DataPath:
             if len(run) <= segment:  # one datagram: GRO found nothing to join it with
                 self.datagrams_received(((run, address),), now)
                 continue
-            if run[0] == TYPE_INITIATION and self.cookies.under_load(now):
+            if (
+                run[0] == TYPE_INITIATION
+                and self.cookies.under_load(now)
+                and run[::segment] == _INITIATION_TYPE * -(-len(run) // segment)
+            ):  # a run of initiations only: whatever else is in a run is not the buckets' to drop
                 self._initiation_run_received(run, address, segment, now)
                 continue
             if segment >= DATA_HEADER_LEN:
