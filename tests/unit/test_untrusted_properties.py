@@ -28,6 +28,7 @@ import os
 import pkgutil
 import re
 import string
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -44,6 +45,7 @@ from helpers import NETWORK, Authority
 from naas.core import dhcp, offload, wire
 from naas.core.arp import build_arp_reply, build_gratuitous_arp, parse_arp_untrusted
 from naas.core.control_messages import (
+    Document,
     LinkState,
     LinkStateDigest,
     LinkStateRequest,
@@ -60,9 +62,16 @@ from naas.core.control_messages import (
 from naas.core.cookie import mac_key, with_macs
 from naas.core.ethernet import ETHERTYPE_IPV4, build_frame
 from naas.core.handshake import InitiatorHandshake
+from naas.core.network_document import (
+    make_document,
+    open_document_untrusted,
+    pack_for_mesh,
+    unpack_from_mesh_untrusted,
+)
 from naas.core.routing import LinkStateDelta, decode_delta_untrusted, encode_delta, sign_delta
 from naas.core.wire import HANDSHAKE_TIMESTAMP, PROLOGUE_PREFIX, BadPacket, DropReason
 from naas.model.codec import CodecError, b64e, certificate_from_bytes_untrusted, certificate_to_bytes
+from naas.model.document import DocumentError, NetworkDocument, Revocation, parse_document_untrusted
 from naas.model.ids import BROADCAST_MAC, Endpoint
 from naas.model.network import MemberRecord
 from naas.pop.invitations import (
@@ -219,6 +228,19 @@ CONTROL_MESSAGES = (
     MembersDigest(((2, 1_799_999_990),)),
     LossReport(100, 3),
 )
+DOCUMENTS = (
+    make_document(
+        AUTHORITY.private,
+        network=NETWORK,
+        version=7,
+        issued_at=1_800_000_000,
+        groups={2: ("db", "web"), 3: ()},
+        revoked=(Revocation(9, "stolen-laptop", 1_830_000_000),),
+        extra_sections={"rules": [{"from": "web", "to": "db", "port": 5432}]},
+    ),
+    make_document(AUTHORITY.private, network=NETWORK, version=1, issued_at=0, groups={}, revoked=()),
+)
+CONTROL_MESSAGES = (*CONTROL_MESSAGES, Document(DOCUMENTS[0].body))
 CONTROL_JSON = [json.loads(encode_control(message)[1:]) for message in CONTROL_MESSAGES]
 MAC_A, MAC_B = bytes.fromhex("024e00000002"), bytes.fromhex("024e00000003")
 
@@ -320,6 +342,26 @@ CASES: dict[str, Case] = {
         (BadPacket,),
         (LinkStateDelta,),
     ),
+    "naas.model.document.parse_document_untrusted": Case(
+        parse_document_untrusted, json_inputs([json.loads(d.body) for d in DOCUMENTS]), (DocumentError,)
+    ),
+    "naas.core.network_document.open_document_untrusted": Case(
+        lambda body: open_document_untrusted(body, AUTHORITY.public, NETWORK),
+        json_inputs([json.loads(d.body) for d in DOCUMENTS]),
+        (DocumentError,),
+        (NetworkDocument,),
+    ),
+    "naas.core.network_document.unpack_from_mesh_untrusted": Case(
+        unpack_from_mesh_untrusted,
+        st.one_of(
+            JSON_LEAVES,
+            texts(100),
+            mutated([pack_for_mesh(d.body).encode() for d in DOCUMENTS]).map(lambda b: b.decode("latin-1")),
+            hostile_bytes([zlib.compress(d.body) for d in DOCUMENTS]).map(b64e),
+        ),
+        (CodecError,),
+        (bytes,),
+    ),
     "naas.model.codec.certificate_from_bytes_untrusted": Case(
         certificate_from_bytes_untrusted,
         json_inputs([json.loads(certificate_to_bytes(r.certificate)) for r in RECORDS]),
@@ -420,6 +462,9 @@ def test_the_valid_messages_parse(name: str) -> None:
             certificate_to_bytes(r.certificate) for r in RECORDS
         ],
         "naas.pop.invitations.parse_url_untrusted": URLS,
+        "naas.model.document.parse_document_untrusted": [d.body for d in DOCUMENTS],
+        "naas.core.network_document.open_document_untrusted": [d.body for d in DOCUMENTS],
+        "naas.core.network_document.unpack_from_mesh_untrusted": [pack_for_mesh(d.body) for d in DOCUMENTS],
         "naas.pop.server.EnrollmentService._parse_request_untrusted": [
             json.dumps(body).encode() for body in ENROLL_BODIES
         ],

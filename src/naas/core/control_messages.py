@@ -16,6 +16,8 @@ decrypted traffic and in tests; they are rare next to data frames.
     members_digest {"t": "members_digest", "v": [[node, not_before], ...], "reply": b}
     loss       {"t": "loss", "n": opened, "lost": lost}              "of your messages since my
                                                                      last report" (core/loss.py)
+    doc        {"t": "doc", "d": base64url(zlib(body))}              the signed network document
+                                                                     (core/network_document.py)
 
 Anti-entropy is two-step so that it costs almost nothing at rest: a 16-byte hash
 (``*_sum``) first, and the full list of versions (``*_digest``) only when the hashes
@@ -33,6 +35,7 @@ from hashlib import blake2b
 from typing import Any, TypeGuard
 
 from naas.core.constants import MAX_CONTROL_BYTES, MAX_MEMBERS_PER_GOSSIP
+from naas.core.network_document import pack_for_mesh, unpack_from_mesh_untrusted
 from naas.core.routing import LinkStateDelta, decode_delta_untrusted, encode_delta
 from naas.core.wire import INNER_CONTROL, BadPacket, DropReason
 from naas.model.codec import CodecError, canonical_json, member_from_dict, member_to_dict
@@ -55,6 +58,11 @@ class ProbeAck:
 class LossReport:
     opened: int  # messages from the member opened since the last report
     lost: int  # messages from it that never arrived, in the same time
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    body: bytes  # the signed network document, not yet checked (core/network_document.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +127,7 @@ ControlMessage = (
     | MembersSum
     | MembersDigest
     | LossReport
+    | Document
 )
 
 
@@ -145,6 +154,8 @@ def encode_control(message: ControlMessage) -> bytes:
         body = {"t": "members_digest", "v": [list(pair) for pair in message.versions], "reply": message.reply}
     elif isinstance(message, LossReport):
         body = {"t": "loss", "n": message.opened, "lost": message.lost}
+    elif isinstance(message, Document):
+        body = {"t": "doc", "d": pack_for_mesh(message.body)}
     else:
         body = {"t": "lsd_req", "origin": message.origin}
     return bytes((INNER_CONTROL,)) + canonical_json(body)
@@ -188,7 +199,10 @@ def decode_control_untrusted(payload: bytes) -> ControlMessage:
                 raise BadPacket(DropReason.BAD_CONTROL, "bad flood flag")
             return LinkState(tuple(decode_delta_untrusted(d) for d in raw), flooded)
         if kind in ("lsd_digest", "members_digest"):
-            pairs = _int_pairs(body.get("seqs" if kind == "lsd_digest" else "v"))
+            if kind == "lsd_digest":
+                pairs = _int_pairs(body.get("seqs"), first_key=1)
+            else:  # node 0: the network document's version
+                pairs = _int_pairs(body.get("v"), first_key=0)
             reply = body.get("reply", False)
             if not isinstance(reply, bool):
                 raise BadPacket(DropReason.BAD_CONTROL, "bad reply flag")
@@ -204,6 +218,8 @@ def decode_control_untrusted(payload: bytes) -> ControlMessage:
             if not (_is_count(opened) and _is_count(lost)):
                 raise BadPacket(DropReason.BAD_CONTROL, "bad loss report")
             return LossReport(opened, lost)
+        if kind == "doc":
+            return Document(unpack_from_mesh_untrusted(body.get("d")))
         if kind == "lsd_req":
             origin = body.get("origin")
             if not isinstance(origin, int) or isinstance(origin, bool) or not 0 < origin <= 0xFFFFFFFF:
@@ -219,8 +235,8 @@ def _is_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFFFFFF
 
 
-def _int_pairs(raw: Any) -> tuple[tuple[int, int], ...]:
-    """A digest's list of [positive int, positive int] pairs."""
+def _int_pairs(raw: Any, first_key: int) -> tuple[tuple[int, int], ...]:
+    """A digest's list of [int >= first_key, positive int] pairs."""
     if not isinstance(raw, list) or len(raw) > MAX_DIGEST_ENTRIES:
         raise BadPacket(DropReason.BAD_CONTROL, "bad digest")
     pairs = []
@@ -228,7 +244,9 @@ def _int_pairs(raw: Any) -> tuple[tuple[int, int], ...]:
         if (
             not isinstance(item, list)
             or len(item) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)
+            or item[0] < first_key
+            or item[1] <= 0
         ):
             raise BadPacket(DropReason.BAD_CONTROL, "bad digest entry")
         pairs.append((item[0], item[1]))

@@ -156,6 +156,7 @@ class DataPath:
     _max_mss: int  # TCP MSS clamp
     _ip_to_node: dict[IPv4Address, int]  # members' addresses (ARP answers)
     _member_addresses: dict[Address, int]  # members' direct endpoints (relay check)
+    _revoked: frozenset[int]  # node ids the network document revoked (core/node.py)
     _dhcp: dhcp.DhcpResponder | None  # only on layer-3 networks
     _loopback: tuple[Peer, Session, bytes]  # this node's session with itself, for warm_up, and its frame
 
@@ -342,7 +343,7 @@ class DataPath:
                 if flags:
                     raise BadPacket(DropReason.BAD_FLAGS)
                 if dst != self.node_id:
-                    self._relay(datagram, dst, hops, address)
+                    self._relay(datagram, dst, src, hops, address)
                     continue
                 relayed = hops != DEFAULT_HOP_LIMIT
                 if kind == TYPE_DATA:
@@ -451,8 +452,8 @@ class DataPath:
         it is not such a run or cannot be relayed (then each datagram is handled alone)."""
         hops = run[1]
         target = self.peers.get(int.from_bytes(run[4:8], "big"))
-        if hops <= 1 or target is None or address not in self._member_addresses:
-            return False
+        if hops <= 1 or target is None or address not in self._member_addresses or self._revoked:
+            return False  # (with revocations, each datagram's source is checked on its own)
         next_address = self._address_for(target)
         if next_address is None or next_address == address:
             return False
@@ -469,13 +470,16 @@ class DataPath:
         self.relayed_bytes += len(run)
         return True
 
-    def _relay(self, datagram: bytes, dst: int, hops: int, address: Address) -> None:
+    def _relay(self, datagram: bytes, dst: int, src: int, hops: int, address: Address) -> None:
         """Forward a datagram for another member on its outer header, never decrypting.
 
-        Only members relay through us: the datagram must come from a member's endpoint.
+        Only members relay through us: the datagram must come from a member's endpoint,
+        and never from or for a revoked one.
         """
         if address not in self._member_addresses:
             raise BadPacket(DropReason.WRONG_DESTINATION, "not from a member")
+        if src in self._revoked:
+            raise BadPacket(DropReason.REVOKED, str(src))
         if hops <= 1:
             raise BadPacket(DropReason.HOP_LIMIT_EXCEEDED)
         target = self.peers.get(dst)

@@ -151,6 +151,8 @@ class Handshakes(DataPath):
             or certificate_problem(cert, self.network.ca_public, self.network.name, now + self._wall_offset)
         ):
             raise BadPacket(DropReason.BAD_CERTIFICATE)
+        if cert.node_id in self._revoked:
+            raise BadPacket(DropReason.REVOKED, cert.name)
         peer = self.peers.get(cert.node_id)
         if peer is None or peer.certificate != cert:
             self._learn_member(MemberRecord(cert), now, gossip=True)

@@ -18,8 +18,15 @@ included, never the sender's own), MAX_MEMBERS_PER_GOSSIP to a message, and, if 
 sender knows members or certificates we lack, answers with its own digest (``reply``
 set: a reply is never answered). At rest a member sends one hash every GOSSIP_INTERVAL,
 whatever the mesh size, and the whole table never travels. NodeCore calls
-``table_changed`` whenever a member or a certificate is added, so that the cached list
-and hash are recomputed.
+``table_changed`` whenever a member or a certificate is added or a member removed, so
+that the cached list and hash are recomputed.
+
+The network document rides on the same table, as its node 0 (DOCUMENT_NODE) with the
+document's version for a certificate's not_before: members with different documents
+have different hashes, a digest shows who holds the older one, and the newer side sends
+the document itself (a ``doc`` message) where it would send records. A member that
+takes a new document announces it hash first (``document_changed``): a ``members_sum``
+to every member with a session, and only those that lack it ask, with their digest.
 """
 
 from __future__ import annotations
@@ -30,12 +37,14 @@ from naas.core.constants import GOSSIP_INTERVAL, MAX_MEMBERS_PER_GOSSIP
 from naas.core.control_messages import (
     MAX_DIGEST_ENTRIES,
     ControlMessage,
+    Document,
     Members,
     MembersDigest,
     MembersSum,
     encode_control,
     sum_of_pairs,
 )
+from naas.core.network_document import DOCUMENT_NODE
 from naas.core.peer import Peer
 from naas.model.certificate import Certificate
 from naas.model.network import MemberRecord
@@ -53,11 +62,14 @@ class MembershipSync:
         session_peers: Callable[[float], Iterable[Peer]],
         random_session_peer: Callable[[float], Peer | None],
         send_inner: Callable[[Peer, bytes, float], None],
+        document: Callable[[], tuple[int, bytes]] = lambda: (0, b""),
     ) -> None:
         """``peers``: NodeCore's member table, read only; ``session_peers(now)``: the peers
         with a session to send on, in a stable order; ``random_session_peer(now)``: one of
-        them, at random; ``send_inner(peer, inner, now)``: seal an inner payload for it."""
+        them, at random; ``send_inner(peer, inner, now)``: seal an inner payload for it;
+        ``document()``: the version and body of the network document held (0: none)."""
         self._own_certificate = own_certificate
+        self._document = document
         self._peers = peers
         self._session_peers = session_peers
         self._random_session_peer = random_session_peer
@@ -76,6 +88,9 @@ class MembershipSync:
             own = self._own_certificate
             versions = [(p.node_id, p.certificate.not_before) for p in self._peers.values()]
             versions.append((own.node_id, own.not_before))
+            document_version = self._document()[0]
+            if document_version:
+                versions.append((DOCUMENT_NODE, document_version))
             self._versions_cache = sorted(versions)
         return self._versions_cache
 
@@ -98,6 +113,21 @@ class MembershipSync:
         for peer in self._session_peers(now):
             if peer is not changed and peer.node_id != exclude:
                 self._send_inner(peer, message, now)
+
+    def document_changed(self, now: float, exclude: int | None = None) -> None:
+        """We hold a newer network document: say so, hash first, to every member with a
+        session (but ``exclude``, who sent it); those that lack it ask with a digest."""
+        self.table_changed()
+        announcement = MembersSum(self.summary())
+        for peer in self._session_peers(now):
+            if peer.node_id != exclude:
+                self._send_control(peer, announcement, now)
+
+    def send_document(self, peer: Peer, now: float) -> None:
+        """Send our document to ``peer`` itself (a member being revoked learns it so)."""
+        version, body = self._document()
+        if version:
+            self._send_control(peer, Document(body), now)
 
     def message_received(self, sender: Peer, message: MembershipMessage, now: float) -> None:
         if isinstance(message, MembersSum):
@@ -130,6 +160,8 @@ class MembershipSync:
         ]
         for start in range(0, len(records), MAX_MEMBERS_PER_GOSSIP):
             self._send_control(sender, Members(tuple(records[start : start + MAX_MEMBERS_PER_GOSSIP])), now)
+        if theirs.get(DOCUMENT_NODE, 0) < self._document()[0]:
+            self.send_document(sender, now)
         ours = dict(self.versions())
         if not digest.reply and any(version > ours.get(node, 0) for node, version in digest.versions):
             self._send_control(sender, MembersDigest(tuple(self.versions()[:MAX_DIGEST_ENTRIES]), True), now)

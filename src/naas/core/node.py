@@ -7,6 +7,7 @@ Theory of operation. The driver feeds events in and drains effects out:
     runs_received(runs, now)              ... coalesced by UDP GRO: (run, sender, segment)
     timer_fired(now)                      at or after next_deadline()
     member_enrolled(certificate, now)     a PoP's enrollment service issued a certificate
+    document_received(body, now)          a network document (from a PoP's store)
         -> take_datagrams()  [(bytes, (host, port))] to send
         -> take_runs()       [(bytes, (host, port), segment)] to send with UDP GSO
         -> take_frames()     [bytes] to write into naas0
@@ -28,6 +29,14 @@ deltas, hash-first anti-entropy) and core/membership_sync.py (``membership``: fl
 changed member records, hash-first anti-entropy). NodeCore keeps what feeds them: it
 measures direct links with probes and says when they change, checks certificates and
 learns members and endpoints, and tells both when a new session is ready.
+
+The network document (model/document.py) is held here: a newer one, from a PoP's store
+or from a member, is checked against the CA and applied at once. A revoked member is
+removed: its sessions, endpoints, addresses and learned MACs go, and its handshakes,
+member records and relayed datagrams are refused from then on (``REVOKED``); it is sent
+the document itself before its session goes, so that it learns why. Groups in the
+document replace a certificate's. A member that finds itself revoked says so
+(``revoked`` event; ``self.revoked``) and the driver stops it.
 
 Anything malformed or unauthenticated from outside is dropped with a DropReason and
 counted (``drops``); it never raises out of an input method. Timers (handshake
@@ -59,6 +68,7 @@ from naas.core.constants import (
 )
 from naas.core.control_messages import (
     ControlMessage,
+    Document,
     LossReport,
     Members,
     MembersDigest,
@@ -76,6 +86,7 @@ from naas.core.handshakes import Handshakes
 from naas.core.link_state_sync import LinkStateSync
 from naas.core.loss import SPLIT_HOLD
 from naas.core.membership_sync import MembershipSync
+from naas.core.network_document import open_document_untrusted
 from naas.core.peer import Address, Peer
 from naas.core.session import Session
 from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER, pair_score, standing_threshold
@@ -88,6 +99,7 @@ from naas.core.wire import (
 )
 from naas.model.certificate import Certificate
 from naas.model.codec import certificate_to_bytes
+from naas.model.document import DocumentError, NetworkDocument
 from naas.model.ids import format_mac
 from naas.model.network import MemberRecord, NetworkInfo
 
@@ -103,7 +115,9 @@ class LocalIdentity:
 
 @dataclass(frozen=True, slots=True)
 class NodeEvent:
-    kind: str  # member_learned | member_updated | peer_up | peer_down | session_started | superframes_cut
+    # member_learned | member_updated | member_revoked | peer_up | peer_down | session_started |
+    # superframes_cut | document | revoked (this member)
+    kind: str
     node_id: int
     name: str
     detail: str = ""
@@ -122,7 +136,9 @@ class NodeCore(Handshakes):
         members: Iterable[MemberRecord] = (),
         full_mesh_up_to: int = FULL_MESH_UP_TO,
         tap_offload: bool = False,
+        document: bytes | None = None,
     ) -> None:
+        """``document``: the body of the network document this member held last, if any."""
         self.identity = identity
         self.network = network
         self.node_id = identity.certificate.node_id
@@ -177,6 +193,9 @@ class NodeCore(Handshakes):
             drops=self.drops,
         )
         self.routes = self.link_state.routes  # the same object (status, simulator, tests)
+        self.document: NetworkDocument | None = None
+        self._revoked: frozenset[int] = frozenset()
+        self.revoked = False  # this member is revoked: the driver stops
         self.membership = MembershipSync(
             identity.certificate,
             self.peers,
@@ -184,6 +203,7 @@ class NodeCore(Handshakes):
             session_peers=self._session_peers,
             random_session_peer=self._random_session_peer,
             send_inner=self._send_inner,
+            document=self._document_held,
         )
         self._dhcp: dhcp.DhcpResponder | None = None
         own_ip = identity.certificate.ip
@@ -196,6 +216,8 @@ class NodeCore(Handshakes):
                 gateway=network.gateway,
                 mtu=mtu,
             )
+        if document is not None:
+            self.document_received(document, now)
         for record in members:
             self._learn_member(record, now, gossip=False)
         self._loopback = self._loopback_session(now)
@@ -303,6 +325,8 @@ class NodeCore(Handshakes):
                 self._learn_member(record, now, gossip=True, source=peer.node_id)
         elif isinstance(message, MembersSum | MembersDigest):
             self.membership.message_received(peer, message, now)
+        elif isinstance(message, Document):
+            self.document_received(message.body, now, source=peer)
         else:  # lsd, lsd_req, lsd_sum, lsd_digest
             self.link_state.message_received(peer, message, now)
 
@@ -316,7 +340,7 @@ class NodeCore(Handshakes):
         self, record: MemberRecord, now: float, *, gossip: bool, source: int | None = None
     ) -> None:
         cert = record.certificate
-        if cert.node_id == self.node_id:
+        if cert.node_id == self.node_id or cert.node_id in self._revoked:
             return
         if certificate_problem(cert, self.network.ca_public, self.network.name, now + self._wall_offset):
             self.drops[DropReason.BAD_CERTIFICATE] += 1
@@ -368,6 +392,60 @@ class NodeCore(Handshakes):
         if peer.pending is not None:
             self._pending_by_index.pop(peer.pending.local_index, None)
             peer.pending = None
+
+    # -- the network document -----------------------------------------------------------------
+
+    def _document_held(self) -> tuple[int, bytes]:
+        document = self.document
+        return (document.version, document.body) if document is not None else (0, b"")
+
+    def document_received(self, body: bytes, now: float, source: Peer | None = None) -> bool:
+        """Apply ``body`` if it is a newer document signed by the CA; True if it was."""
+        try:
+            document = open_document_untrusted(body, self.network.ca_public, self.network.name)
+        except DocumentError:
+            self.drops[DropReason.BAD_DOCUMENT] += 1
+            return False
+        if self.document is not None and document.version <= self.document.version:
+            return False
+        self.document = document
+        self._events.append(NodeEvent("document", 0, "", f"version={document.version}"))
+        newly_revoked = document.revoked_ids - self._revoked
+        self._revoked = document.revoked_ids
+        self.membership.document_changed(now, exclude=source.node_id if source is not None else None)
+        for node in sorted(newly_revoked):
+            peer = self.peers.get(node)
+            if peer is not None:
+                self.membership.send_document(peer, now)  # before its session goes: it learns why
+                self._remove_member(peer, now)
+        if self.node_id in self._revoked and not self.revoked:
+            self.revoked = True
+            self._events.append(NodeEvent("revoked", self.node_id, self.identity.certificate.name))
+        return True
+
+    def _remove_member(self, peer: Peer, now: float) -> None:
+        """Forget a revoked member: sessions, endpoints, addresses, learned MACs, links."""
+        self._forget_sessions(peer)
+        node = peer.node_id
+        del self.peers[node]
+        self._tracked.pop(node, None)
+        self._link_was_up.pop(node, None)
+        for address in [a for a, n in self._member_addresses.items() if n == node]:
+            del self._member_addresses[address]
+        for ip in [ip for ip, n in self._ip_to_node.items() if n == node]:
+            del self._ip_to_node[ip]
+        self.mac_table.forget_node(node)
+        self.membership.table_changed()
+        self._events.append(NodeEvent("member_revoked", node, peer.name))
+        if peer.direct_up:
+            peer.direct_up = False
+            self.link_state.update_local_links(now, urgent=True)
+
+    def groups_of(self, cert: Certificate) -> tuple[str, ...]:
+        """A member's groups: the document's, else its certificate's."""
+        if self.document is None:
+            return cert.groups
+        return self.document.groups_of(cert.node_id, cert.groups)
 
     def member_records(self) -> list[MemberRecord]:
         own = MemberRecord(self.identity.certificate)
@@ -481,6 +559,7 @@ class NodeCore(Handshakes):
             str(cert.ip) if cert.ip else None,
             format_mac(self.mac),
             Reach.SELF,
+            groups=self.groups_of(cert),
         )
         members = [me]
         for peer in sorted(self.peers.values(), key=lambda p: (p.name, p.node_id)):
@@ -519,6 +598,7 @@ class NodeCore(Handshakes):
                     session_age_s=round(session.age(now), 1) if session else None,
                     rx_lost=stats.rx_lost,
                     superframes_cut=peer.tx_adaptation.cutting(now),
+                    groups=self.groups_of(peer.certificate),
                 )
             )
         return Topology(
@@ -531,6 +611,8 @@ class NodeCore(Handshakes):
             relayed_packets=self.relayed_packets,
             relayed_bytes=self.relayed_bytes,
             learned_macs=len(self.mac_table),
+            document_version=self.document.version if self.document is not None else 0,
+            revoked=tuple((r.node_id, r.name) for r in self.document.revoked) if self.document else (),
         )
 
     def _live_links(self) -> tuple[LinkView, ...]:

@@ -45,5 +45,10 @@ class MacTable:
         for mac in [m for m, (_, seen) in self._learned.items() if now - seen > LEARNED_MAC_TTL]:
             del self._learned[mac]
 
+    def forget_node(self, node: int) -> None:
+        """Drop what was learned behind ``node`` (a member removed from the mesh)."""
+        for mac in [m for m, (behind, _) in self._learned.items() if behind == node]:
+            del self._learned[mac]
+
     def __len__(self) -> int:
         return len(self._learned)

@@ -70,6 +70,7 @@ class MemberView:
     session_age_s: float | None = None
     rx_lost: int = 0  # its messages that never arrived (core/loss.py)
     superframes_cut: bool = False  # super-frames to it are cut into smaller ones: a lossy link
+    groups: tuple[str, ...] = ()  # the network document's, else its certificate's
 
     @property
     def path(self) -> str:
@@ -97,6 +98,8 @@ class Topology:
     relayed_packets: int = 0
     relayed_bytes: int = 0
     learned_macs: int = 0
+    document_version: int = 0  # of the network document held; 0: none yet
+    revoked: tuple[tuple[int, str], ...] = ()  # (node id, name) the document revokes
 
     @property
     def me(self) -> MemberView:
@@ -110,6 +113,7 @@ class Topology:
             row = asdict(member)
             row["reach"] = member.reach.value
             row["path"] = member.path
+            row["groups"] = list(member.groups)
             peers.append(row)
         return {
             "network": self.network,
@@ -120,6 +124,11 @@ class Topology:
                 "ip": me.ip,
                 "mac": me.mac,
                 "mtu": self.mtu,
+                "groups": list(me.groups),
+            },
+            "document": {
+                "version": self.document_version,
+                "revoked": [{"node_id": node, "name": name} for node, name in self.revoked],
             },
             "peers": peers,
             "relayed": {"packets": self.relayed_packets, "bytes": self.relayed_bytes},
@@ -155,6 +164,7 @@ class Topology:
                 ip=_ip(node["ip"], "node.ip"),
                 mac=_str(node["mac"], "node.mac"),
                 reach=Reach.SELF,
+                groups=_groups(node.get("groups", []), "node.groups"),
             )
             if not isinstance(peers, list):
                 raise TopologyError("peers: not a list")
@@ -175,6 +185,10 @@ class Topology:
             if not isinstance(drops, dict):
                 raise TopologyError("drops: not an object")
             relayed = data.get("relayed", {})
+            document = data.get("document", {})
+            revoked = document.get("revoked", [])
+            if not isinstance(revoked, list):
+                raise TopologyError("document.revoked: not a list")
             return cls(
                 network=_str(data["network"], "network"),
                 local=me.node_id,
@@ -185,6 +199,11 @@ class Topology:
                 relayed_packets=_int(relayed.get("packets", 0), "relayed.packets"),
                 relayed_bytes=_int(relayed.get("bytes", 0), "relayed.bytes"),
                 learned_macs=_int(data.get("learned_macs", 0), "learned_macs"),
+                document_version=_int(document.get("version", 0), "document.version"),
+                revoked=tuple(
+                    (_int(r["node_id"], "document.revoked.node_id"), _str(r["name"], "document.revoked.name"))
+                    for r in revoked
+                ),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise TopologyError(f"missing or malformed field: {exc}") from None
@@ -217,7 +236,14 @@ def _member(row: Any, where: str) -> MemberView:
         else _float(row["session_age_s"], f"{where}.session_age_s"),
         rx_lost=_int(row.get("rx_lost", 0), f"{where}.rx_lost"),
         superframes_cut=_bool(row.get("superframes_cut", False), f"{where}.superframes_cut"),
+        groups=_groups(row.get("groups", []), f"{where}.groups"),
     )
+
+
+def _groups(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise TopologyError(f"{where}: not a list")
+    return tuple(_str(group, where) for group in value)
 
 
 def _int(value: Any, where: str) -> int:

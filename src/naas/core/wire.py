@@ -40,8 +40,9 @@ from dataclasses import dataclass
 PROTOCOL_NAME = b"Noise_IK_25519_AESGCM_SHA256"
 # + network name: peers of other networks, or of another protocol version, fail the handshake.
 # naas/2 added FRAGMENT datagrams and OFFLOAD_FRAME inners; naas/3 the MACs of
-# initiations and COOKIE_REPLY datagrams (core/cookie.py).
-PROLOGUE_PREFIX = b"naas/3 "
+# initiations and COOKIE_REPLY datagrams (core/cookie.py); naas/4 the network document
+# (the ``doc`` control message, node 0 in member digests: core/network_document.py).
+PROLOGUE_PREFIX = b"naas/4 "
 
 TYPE_INITIATION = 1
 TYPE_RESPONSE = 2
@@ -123,6 +124,8 @@ class DropReason(enum.Enum):
     RATE_LIMITED = "rate_limited"  # an initiation past its host's rate while under load
     HANDSHAKE_BUSY = "handshake_busy"  # an initiation past the handshakes one batch may take
     BAD_COOKIE_REPLY = "bad_cookie_reply"  # a COOKIE_REPLY of the wrong size, or that does not open
+    REVOKED = "revoked"  # a handshake or a relayed datagram of a member the network document revoked
+    BAD_DOCUMENT = "bad_document"  # a network document that does not parse, or whose signature fails
 
 
 class BadPacket(Exception):

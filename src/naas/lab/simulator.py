@@ -56,15 +56,17 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from naas.core import crypto, routing
 from naas.core.crypto import ed25519_public, x25519_private_from_seed, x25519_public
+from naas.core.network_document import make_document
 from naas.core.node import LocalIdentity, NodeCore
 from naas.core.routing import MAX_HOPS
 from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER, standing_pairs
+from naas.model.document import Revocation
 from naas.model.ids import Endpoint, NodeId
 from naas.model.network import MemberRecord, NetworkInfo
 from naas.pop.ca import issue_certificate
@@ -344,6 +346,31 @@ class Simulator:
             node.timer_at = deadline
             self._order += 1
             heapq.heappush(self._heap, (deadline, self._order, _TIMER, node.index, None))
+
+    def publish_document(
+        self,
+        pop: str,
+        version: int,
+        *,
+        groups: Mapping[int, tuple[str, ...]] | None = None,
+        revoke: tuple[str, ...] = (),
+    ) -> bytes:
+        """The CA signs a network document (model/document.py) and ``pop`` takes it, as a
+        PoP does from its store; returns the document's body."""
+        until = EPOCH_UNIX + CERTIFICATE_DAYS * 86_400
+        revoked = tuple(Revocation(self.nodes[name].node_id, name, until) for name in revoke)
+        document = make_document(
+            self._ca_private,
+            network=NETWORK,
+            version=version,
+            issued_at=int(self.now - START) + EPOCH_UNIX,
+            groups=groups or {},
+            revoked=revoked,
+        )
+        node = self.nodes[pop]
+        node.core.document_received(document.body, self.now)
+        self._drain(node)
+        return document.body
 
     def send_frame(self, src: str, dst: str, payload: bytes = b"x" * 64) -> None:
         """A unicast Ethernet frame from ``src``'s naas0 to ``dst``'s MAC, now."""
