@@ -59,3 +59,7 @@ def _run_leaves_no_files_behind(request: pytest.FixtureRequest) -> Iterator[None
     after = left_behind_candidates()
     left = sorted(str(path) for path, mtime in after.items() if before.get(path) != mtime)
     assert not left, f"the test run left files behind (or rewrote them): {', '.join(left)}"
+
+
+# The throwaway PostgreSQL cluster's fixtures (postgres_cluster, postgres_url): tests/pg.py.
+pytest_plugins = ["pg"]

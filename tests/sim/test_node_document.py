@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from naas.core.network_document import DOCUMENT_NODE, make_document
 from naas.core.wire import DropReason
-from naas.lab.simulator import NETWORK, Simulator
+from naas.lab.simulator import EPOCH_UNIX, NETWORK, START, Simulator
+from naas.pop.ca import issue_certificate
 
 
 def _mesh(seed: int = 3) -> Simulator:
@@ -119,3 +120,31 @@ def test_only_a_newer_document_signed_by_the_ca_is_taken() -> None:
     assert not m1.document_received(forged.body, sim.now)
     assert m1.drops[DropReason.BAD_DOCUMENT] == 1 and m1.document.version == 2
     assert (DOCUMENT_NODE, 2) in m1.membership.versions()
+
+
+def test_a_renewed_certificate_reaches_every_member_and_keeps_the_sessions() -> None:
+    sim = _mesh(seed=7)
+    m2 = sim.nodes["m2"].core
+    old = m2.identity.certificate
+    renewed = issue_certificate(
+        sim._ca_private,
+        network=NETWORK,
+        name=old.name,
+        node_id=old.node_id,
+        is_pop=False,
+        static_public=old.static_public,
+        signing_public=old.signing_public,
+        ip=old.ip,
+        groups=("renewed",),
+        now=EPOCH_UNIX + int(sim.now - START),  # the simulated wall clock
+        days=30,
+    )
+    others = [node for node in sim.live() if node.name != "m2"]
+    handshakes_before = {node.name: node.core.peers[old.node_id].stats.handshakes for node in others}
+    assert m2.certificate_renewed(renewed, sim.now)
+    assert not m2.certificate_renewed(old, sim.now), "never back to an older one"
+    sim.run(2.0)
+    for node in others:
+        peer = node.core.peers[old.node_id]
+        assert peer.certificate == renewed, f"{node.name} holds the renewed certificate"
+        assert peer.stats.handshakes == handshakes_before[node.name], "no new handshake for a renewal"

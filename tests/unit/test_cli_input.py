@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from naas.cli import admin
 from naas.cli.common import AgentOptions, CliError, add_agent_options
 from naas.cli.main import enrollment_main, run
+from naas.control import setup
 
 CONFIG = """
 [network]
@@ -194,7 +194,7 @@ def test_init_that_fails_half_way_writes_nothing(
     def broken(*_args: object) -> None:
         raise CliError("disk full")
 
-    monkeypatch.setattr(admin, "write_tls_material", broken)
+    monkeypatch.setattr(setup, "write_tls_material", broken)
     code, _, err = _run(capsys, "init", "--config", str(config), "--state-dir", str(state))
     assert code == 1 and err == "naas: disk full\n"
     assert _listing(tmp_path) == before

@@ -43,6 +43,7 @@ from naas.pop.tls import make_tls_material, write_tls_material
 CHILD = """
 import asyncio, pickle, sys, time
 import uvloop
+from naas.control.network import PopNetwork
 from naas.pop.server import EnrollmentService, start_enrollment_site
 from naas.pop.tls import server_ssl_context
 from naas.pop.store import PopStore
@@ -54,10 +55,11 @@ def enrolled(cert):
         time.sleep(600)  # committed; the answer is never sent
 
 async def main():
-    service = EnrollmentService(
-        args["config"], "master", PopStore(args["store"]), args["ca_private"], args["info"],
-        lambda: args["now"], enrolled,
+    net = PopNetwork(
+        args["config"], PopStore(args["store"]), None, args["ca_private"],
+        clock=lambda: args["now"], known_info=args["info"],
     )
+    service = EnrollmentService(net, "master", enrolled)
     context = server_ssl_context(args["cert"], args["key"])
     runner, port = await start_enrollment_site(service, "127.0.0.1", 0, context)
     print(port, flush=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from naas.control.network import PopNetwork
 from naas.core.crypto import certificate_problem, ed25519_public, x25519_public
 from naas.model.certificate import Certificate
 from naas.model.config import parse_config
@@ -188,16 +189,9 @@ def open_lab(
         for name in ("master", "slave"):
             enrolled: list[Certificate] = []
             pop_store = PopStore(sqlite_url(tmp_path / "pop.db"))
+            net = PopNetwork(CONFIG, pop_store, tmp_path, CA_PRIVATE, clock=lambda: clock[0], known_info=info)
             service = EnrollmentService(
-                CONFIG,
-                name,
-                pop_store,
-                CA_PRIVATE,
-                info,
-                clock=lambda: clock[0],
-                on_enrolled=enrolled.append,
-                limits=limits,
-                monotonic=monotonic,
+                net, name, on_enrolled=enrolled.append, limits=limits, monotonic=monotonic
             )
             cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
             write_tls_material(tls[name], cert, key)

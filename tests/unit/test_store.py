@@ -1,8 +1,12 @@
-"""The PoP store on a real SQLite file: single use, expiry, atomicity, persistence.
+"""The PoP store on a real database: single use, expiry, atomicity, persistence.
+
+Every test runs twice, on a SQLite file and on a database of the run's throwaway
+PostgreSQL cluster (tests/pg.py; skipped without root or PostgreSQL); the file mode,
+WAL and in-memory tests are SQLite's own.
 
     PoP "master" --\
-                    +-- pop.db (one SQLite file, WAL) --- same token redeemed by both:
-    PoP "slave" ---/                                      exactly one wins
+                    +-- pop.db (SQLite, WAL) or test_N (PostgreSQL) --- same token
+    PoP "slave" ---/                                   redeemed by both: exactly one wins
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
@@ -24,7 +28,8 @@ from naas.model.ids import NodeId
 from naas.pop.addresses import AddressPoolExhausted, choose_ip
 from naas.pop.ca import issue_certificate
 from naas.pop.invitations import make_token, token_hash
-from naas.pop.store import REPLAY_WINDOW, Grant, PopStore, RedeemError, sqlite_url
+from naas.pop.store import FIRST_NODE_ID, REPLAY_WINDOW, Grant, PopStore, RedeemError, sqlite_url
+from pg import PostgresCluster
 
 CA_PRIVATE = b"\x07" * 32
 NOW = 1_700_000_000
@@ -96,22 +101,49 @@ def _issuer(
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
+    """The SQLite file of the SQLite-only tests."""
     return tmp_path / "state" / "pop.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store's URL: a SQLite file, or a fresh database of the PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "state" / "pop.db")
+    postgres_url: str = request.getfixturevalue("postgres_url")
+    return postgres_url
+
+
 @pytest.fixture
-def store(db: Path) -> PopStore:
-    store = PopStore(sqlite_url(db))
+def open_store(url: str) -> Iterator[Callable[[], PopStore]]:
+    """Opens another PoP's store on the same database; all are closed after the test."""
+    opened: list[PopStore] = []
+
+    def open_another() -> PopStore:
+        opened.append(PopStore(url))
+        return opened[-1]
+
+    yield open_another
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: Callable[[], PopStore]) -> PopStore:
+    store = open_store()
     store.create_schema()
     return store
 
 
-def test_file_is_private_and_in_wal_mode(store: PopStore, db: Path) -> None:
+def test_file_is_private_and_in_wal_mode(db: Path) -> None:
+    store = PopStore(sqlite_url(db))
+    store.create_schema()
     store.create_schema()  # idempotent
+    store.close()
     assert os.stat(db).st_mode & 0o777 == 0o600
     with sqlite3.connect(db) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+        assert raw.execute("SELECT value FROM meta WHERE key='next_node_id'").fetchone() == ("1",)
 
 
 def test_token_works_once(store: PopStore) -> None:
@@ -234,28 +266,41 @@ def test_issuer_must_honour_the_grant(store: PopStore) -> None:
     assert store.invitations()[0].used_at is None
 
 
-def _at_two_pops_at_once(db: Path, redeem: Callable[[PopStore, str], None]) -> list[PopStore]:
+def _at_two_pops_at_once(
+    open_store: Callable[[], PopStore], redeem: Callable[[PopStore, str], None]
+) -> list[PopStore]:
     """Two PoPs' stores over one database holding invitation 1; ``redeem(store, pop)``
     runs for both at the same instant, each in a thread. Returns the stores."""
-    stores = [PopStore(sqlite_url(db)) for _ in range(2)]
+    stores = [open_store() for _ in range(2)]
     stores[0].create_schema()
     stores[0].add_invitation(_hash(1), "db", NOW, NOW + WEEK)
-    barrier = threading.Barrier(2)
+    _at_once([lambda: redeem(stores[0], "master"), lambda: redeem(stores[1], "slave")])
+    return stores
 
-    def run(store: PopStore, pop: str) -> None:
+
+def _at_once(calls: list[Callable[[], object]]) -> None:
+    """Run ``calls`` in threads released together by a barrier; re-raise the first error."""
+    barrier = threading.Barrier(len(calls))
+    errors: list[BaseException] = []
+
+    def run(call: Callable[[], object]) -> None:
         barrier.wait()
-        redeem(store, pop)
+        try:
+            call()
+        except BaseException as exc:
+            errors.append(exc)
 
-    pairs = zip(stores, ("master", "slave"), strict=True)
-    threads = [threading.Thread(target=run, args=pair) for pair in pairs]
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
-    return stores
+    assert not any(thread.is_alive() for thread in threads), "a call hangs"
+    if errors:
+        raise errors[0]
 
 
-def test_same_token_at_two_pops_concurrently_exactly_one_wins(db: Path) -> None:
+def test_same_token_at_two_pops_concurrently_exactly_one_wins(open_store: Callable[[], PopStore]) -> None:
     outcomes: list[str] = []
 
     def redeem(store: PopStore, pop: str) -> None:
@@ -265,12 +310,14 @@ def test_same_token_at_two_pops_concurrently_exactly_one_wins(db: Path) -> None:
         except RedeemError as exc:
             outcomes.append(exc.reason)
 
-    stores = _at_two_pops_at_once(db, redeem)
+    stores = _at_two_pops_at_once(open_store, redeem)
     assert sorted(outcomes) == ["used", "won"]
     assert len(stores[1].members()) == 1
 
 
-def test_same_token_and_keys_at_two_pops_concurrently_both_get_one_certificate(db: Path) -> None:
+def test_same_token_and_keys_at_two_pops_concurrently_both_get_one_certificate(
+    open_store: Callable[[], PopStore],
+) -> None:
     certs: list[Certificate] = []
     calls: list[Grant] = []
 
@@ -278,16 +325,16 @@ def test_same_token_and_keys_at_two_pops_concurrently_both_get_one_certificate(d
         issue = _issuer(calls=calls, delay=0.2, key_seed=b"\x11" * 32)
         certs.append(store.redeem(_hash(1), NOW, pop, issue, keys=_keys(b"\x11" * 32)))
 
-    stores = _at_two_pops_at_once(db, redeem)
+    stores = _at_two_pops_at_once(open_store, redeem)
     assert len(certs) == 2 and certs[0] == certs[1] and len(calls) == 1
     assert stores[1].members() == [certs[0]]
 
 
-def test_many_clients_at_two_pops_get_distinct_ids_and_addresses(db: Path) -> None:
+def test_many_clients_at_two_pops_get_distinct_ids_and_addresses(open_store: Callable[[], PopStore]) -> None:
     config = parse_config(
         '[network]\nname = "acme"\nsubnet = "10.9.0.0/24"\n[[pop]]\nname = "master"\naddress = "10.0.0.1"\n'
     )
-    stores = [PopStore(sqlite_url(db)) for _ in range(2)]
+    stores = [open_store() for _ in range(2)]
     stores[0].create_schema()
     names = [f"c{n}" for n in range(12)]
     for n, name in enumerate(names):
@@ -306,12 +353,47 @@ def test_many_clients_at_two_pops_get_distinct_ids_and_addresses(db: Path) -> No
     assert len({c.ip for c in certs}) == 12
 
 
-def test_state_survives_reopening(db: Path, store: PopStore) -> None:
+def test_reenrollments_at_two_pops_at_once_get_distinct_addresses(open_store: Callable[[], PopStore]) -> None:
+    """The subnet moved (naas.toml changed): two members enroll again at both PoPs at once
+    and neither keeps its old address. Each must take a new one of its own."""
+    subnet = '[network]\nname = "acme"\nsubnet = "{}"\n[[pop]]\nname = "master"\naddress = "10.0.0.1"\n'
+    old, moved = parse_config(subnet.format("10.9.0.0/24")), parse_config(subnet.format("10.8.0.0/24"))
+    stores = [open_store() for _ in range(2)]
+    stores[0].create_schema()
+    for n, name in enumerate(("db", "web")):
+        stores[0].add_invitation(_hash(n), name, NOW, NOW + WEEK)
+        stores[0].redeem(_hash(n), NOW, "master", _issuer(old))
+        stores[0].add_invitation(_hash(n + 2), name, NOW + 1, NOW + WEEK)
+    certs: list[Certificate] = []
+
+    def redeem(n: int, pop: str) -> None:
+        certs.append(stores[n].redeem(_hash(n + 2), NOW + 2, pop, _issuer(moved, delay=0.2)))
+
+    _at_once([lambda: redeem(0, "master"), lambda: redeem(1, "slave")])
+    assert sorted((c.name, c.node_id) for c in certs) == [("db", 1), ("web", 2)]
+    assert len({c.ip for c in certs}) == 2, [str(c.ip) for c in certs]
+    assert stores[0].members() == sorted(certs, key=lambda c: c.node_id)
+
+
+def test_two_pops_create_the_schema_at_once(open_store: Callable[[], PopStore]) -> None:
+    """Both create (or upgrade) the tables at the same instant: they queue, neither fails.
+
+    The stores connect one by one first: the first connection to a new SQLite file turns
+    it to WAL, which a second first connection at the same instant may find locked
+    ("database is locked"); `naas init` alone makes a SQLite store."""
+    stores = [open_store() for _ in range(2)]
+    for store in stores:
+        store.engine.connect().close()
+    _at_once([lambda: stores[0].create_schema(), lambda: stores[1].create_schema()])
+    assert stores[1].allocate_node_id() == FIRST_NODE_ID
+
+
+def test_state_survives_reopening(store: PopStore, open_store: Callable[[], PopStore]) -> None:
     store.add_invitation(_hash(1), "db", NOW, NOW + WEEK)
     store.add_invitation(_hash(2), "web", NOW, NOW + WEEK)
     cert = store.redeem(_hash(1), NOW, "master", _issuer())
     store.close()
-    reopened = PopStore(sqlite_url(db))
+    reopened = open_store()
     reopened.create_schema()
     assert reopened.members() == [cert]
     with pytest.raises(RedeemError, match="used"):
@@ -394,6 +476,19 @@ def test_bad_arguments(store: PopStore) -> None:
         store.add_invitation(_hash(1), "db", NOW, NOW)
     with pytest.raises(ValueError):
         RedeemError("whatever")
+
+
+def test_a_restarted_postgresql_costs_no_request(
+    postgres_cluster: PostgresCluster, postgres_url: str
+) -> None:
+    """``pg_ctl restart`` cuts every pooled connection: the next call still works."""
+    with PopStore(postgres_url) as store:
+        store.create_schema()
+        store.add_invitation(_hash(1), "db", NOW, NOW + WEEK)
+        postgres_cluster.restart()
+        assert store.redeem(_hash(1), NOW, "master", _issuer()).node_id == 1
+        postgres_cluster.restart()
+        assert len(store.members()) == 1
 
 
 def test_in_memory_database_works() -> None:

@@ -228,6 +228,14 @@ CONTROL_MESSAGES = (
     MembersDigest(((2, 1_799_999_990),)),
     LossReport(100, 3),
 )
+RENEW_BODIES = [
+    {
+        "network": "test-net",
+        "certificate": json.loads(certificate_to_bytes(RECORDS[0].certificate)),
+        "time": 1_800_000_000,
+        "signature": b64e(bytes(64)),
+    }
+]
 DOCUMENTS = (
     make_document(
         AUTHORITY.private,
@@ -382,6 +390,11 @@ CASES: dict[str, Case] = {
         json_inputs(ENROLL_BODIES),
         (),  # it never raises: a problem comes back as text
         (tuple, str),
+    ),    "naas.pop.server.EnrollmentService._parse_renew_untrusted": Case(
+        functools.partial(EnrollmentService._parse_renew_untrusted, ENROLLMENT),  # type: ignore[arg-type]
+        json_inputs(RENEW_BODIES),
+        (),  # it never raises: a problem comes back as text
+        (tuple, str),
     ),
 }
 
@@ -467,6 +480,9 @@ def test_the_valid_messages_parse(name: str) -> None:
         "naas.core.network_document.unpack_from_mesh_untrusted": [pack_for_mesh(d.body) for d in DOCUMENTS],
         "naas.pop.server.EnrollmentService._parse_request_untrusted": [
             json.dumps(body).encode() for body in ENROLL_BODIES
+        ],
+        "naas.pop.server.EnrollmentService._parse_renew_untrusted": [
+            json.dumps(body).encode() for body in RENEW_BODIES
         ],
     }
     assert name in valid, f"give {name} its valid messages here too"

@@ -1,11 +1,15 @@
-"""Network-side commands, run on the PoP hosts: init, invite, pop.
+"""Network-side commands, run on the PoP hosts: init and pop.
 
 ``init`` makes the network CA, each PoP's identity (keys, certificate, TLS key whose
-hash the invitations pin) and the PoP store. It checks the store first and builds the
-rest in a staging directory, so a failed init writes nothing. ``invite`` prints one
-single-use URL per client. ``pop`` runs a PoP: the HTTPS enrollment service plus a mesh
-member with a known address, in one process and one event loop. ``invite`` and ``pop``
-refuse a store that ``init`` has not made rather than create an empty one.
+hash the invitations pin) and the PoP store (control/setup.py). It checks the store
+first and builds the rest in a staging directory, so a failed init writes nothing.
+``pop`` runs a PoP: the HTTPS
+enrollment service plus a mesh member with a known address, in one process and one
+event loop; it watches the store for new network documents (every DOCUMENT_POLL
+seconds) and hands them to its mesh member, which spreads them. ``pop`` and the other
+admin commands (cli/manage.py: invite, revoke, apply, token, db) refuse a store that
+``init`` has not made, or whose schema is not the newest, rather than create or change
+one; all of them call the use cases in control/.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import re
@@ -21,8 +24,9 @@ import shlex
 import shutil
 import tempfile
 import time
-from ipaddress import IPv4Interface
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
@@ -38,27 +42,33 @@ from naas.cli.common import (
     state_dir_of,
     warn,
 )
-from naas.core.crypto import ed25519_public, x25519_public
-from naas.daemon.runner import DEFAULT_INTERFACE, AgentError, run_loop, setup_logging
-from naas.daemon.state import NodeDir, network_dir, pop_node_dir, write_file
-from naas.model.certificate import Certificate
+from naas.control import members
+from naas.control.apply import check_settings
+from naas.control.enrollment import renew_own
+from naas.control.errors import ControlError
+from naas.control.network import PopNetwork
+from naas.control.setup import make_network
+from naas.daemon.renewal import renewal_due
+from naas.daemon.runner import DEFAULT_INTERFACE, Agent, AgentError, run_loop, setup_logging
+from naas.daemon.state import NodeDir, network_dir, pop_node_dir
 from naas.model.codec import certificate_to_dict
 from naas.model.config import ConfigError, NetworkConfig, load_config
-from naas.model.ids import Endpoint
-from naas.model.network import MemberRecord, NetworkInfo, PopInfo
-from naas.pop.ca import issue_certificate
-from naas.pop.invitations import build_url, make_token, token_hash
+from naas.pop.api import RestApi
 from naas.pop.server import EnrollmentService, start_enrollment_site
 from naas.pop.store import PopStore, sqlite_url
-from naas.pop.tls import make_tls_material, server_ssl_context, tls_pin_of_pem, write_tls_material
+from naas.pop.tls import server_ssl_context
 
-DEFAULT_TTL = 7 * 86400
+DEFAULT_TTL = members.DEFAULT_TTL
+DOCUMENT_POLL = 0.5  # seconds between a PoP's looks at the store's newest document version
+UPGRADE_COMMAND = "naas db upgrade --config naas.toml [--store URL]"
+P = ParamSpec("P")
+R = TypeVar("R")
 _TTL_RE = re.compile(r"^(\d+)([smhd]?)$")
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _BACKENDS = {"postgresql": "PostgreSQL", "sqlite": "SQLite", "mysql": "MySQL"}
 
 
-def _config(path: str) -> NetworkConfig:
+def config_of(path: str) -> NetworkConfig:
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -127,6 +137,41 @@ def open_store(url: str, *, existing: bool) -> PopStore:
     return store
 
 
+def control_call(use_case: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run a use case; its refusal becomes one line and exit 2."""
+    try:
+        return use_case(*args, **kwargs)
+    except ControlError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def check_revision(store: PopStore, url: str) -> None:
+    """Refuse a store whose schema is not the newest (pop/migrate.py)."""
+    try:
+        problem = store.revision_problem(UPGRADE_COMMAND)
+    except Exception as exc:
+        store.close()
+        raise CliError(f"store {shown_url(url)}: cannot read its schema: {_first_line(exc)}") from None
+    if problem is not None:
+        store.close()
+        raise CliError(f"store {shown_url(url)}: {problem}")
+
+
+@contextlib.contextmanager
+def opened_network(args: argparse.Namespace) -> Iterator[PopNetwork]:
+    """The network of ``--config`` on this PoP host: its state, CA key and store (checked)."""
+    config = config_of(args.config)
+    net_dir = network_dir(state_dir_of(args.state_dir), config.name)
+    ca_private = _require_init(net_dir, config)
+    url = store_url(args, net_dir)
+    store = open_store(url, existing=True)
+    check_revision(store, url)
+    try:
+        yield PopNetwork(config, store, net_dir, ca_private)
+    finally:
+        store.close()
+
+
 def _create_schema(store: PopStore, url: str) -> None:
     try:
         store.create_schema()
@@ -144,34 +189,11 @@ def _require_init(net_dir: Path, config: NetworkConfig) -> bytes:
         ) from None
 
 
-def network_info(config: NetworkConfig, net_dir: Path) -> NetworkInfo:
-    """The network description members receive, from the config and PoP state."""
-    pops = []
-    for pop in config.pops:
-        cert_pem = (pop_node_dir(net_dir.parent, config.name, pop.name).path / "tls.crt").read_bytes()
-        pops.append(
-            PopInfo(
-                name=pop.name,
-                mesh_endpoint=Endpoint(pop.address, config.network.mesh_port),
-                enrollment_endpoint=Endpoint(pop.address, config.network.enrollment_port),
-                tls_pin=tls_pin_of_pem(cert_pem),
-            )
-        )
-    return NetworkInfo(
-        name=config.name,
-        mesh_port=config.network.mesh_port,
-        ca_public=(net_dir / "ca.pub").read_bytes(),
-        pops=tuple(pops),
-        subnet=config.network.subnet,
-        gateway=config.network.gateway,
-    )
-
-
 def cmd_init(args: argparse.Namespace) -> int:
     """Make the network: everything is made in a staging directory beside the state and
     moved into place at the end (ca.key last), so a failed init leaves the state
     directory as it was and the next init needs no --force."""
-    config = _config(args.config)
+    config = config_of(args.config)
     state_dir = state_dir_of(args.state_dir)
     net_dir = network_dir(state_dir, config.name)
     if (net_dir / "ca.key").exists() and not args.force:
@@ -192,7 +214,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                 store_path = default_store if default_store.exists() else staged / "pop.db"
                 store = open_store(sqlite_url(store_path), existing=False)
             _create_schema(store, url)
-            info, certs = _make_network(config, stage, store)
+            info, certs = make_network(config, stage, store)
             store.close()
             _move_into_place(staged, net_dir)
         finally:
@@ -215,49 +237,6 @@ def cmd_init(args: argparse.Namespace) -> int:
         command = copy_command(state_dir, config.name, pop.address)
         say(f"copy the PoP state to {pop.name} (run on this host):\n  {command}")
     return EXIT_OK
-
-
-def _make_network(
-    config: NetworkConfig, state_dir: Path, store: PopStore
-) -> tuple[NetworkInfo, dict[str, Certificate]]:
-    """CA and PoP identities under ``state_dir`` (the stage); the PoPs enter the store."""
-    net_dir = network_dir(state_dir, config.name)
-    ca_private = os.urandom(32)
-    write_file(net_dir / "ca.key", ca_private, 0o600)
-    write_file(net_dir / "ca.pub", ed25519_public(ca_private))
-    now = int(time.time())
-    certs = {}
-    for pop in config.pops:
-        node_dir = pop_node_dir(state_dir, config.name, pop.name)
-        static_private, signing_private = os.urandom(32), os.urandom(32)
-        existing = store.member(pop.name)
-        overlay_ip = config.pop_overlay_ip(pop.name)
-        subnet = config.network.subnet
-        cert = issue_certificate(
-            ca_private,
-            network=config.name,
-            name=pop.name,
-            node_id=existing.node_id if existing else store.allocate_node_id(),
-            is_pop=True,
-            static_public=x25519_public(static_private),
-            signing_public=ed25519_public(signing_private),
-            ip=IPv4Interface(f"{overlay_ip}/{subnet.prefixlen}") if overlay_ip and subnet else None,
-            groups=("pop",),
-            now=now,
-            days=config.network.certificate_days,
-        )
-        store.add_member(cert, via="init")
-        node_dir.save_keys(static_private, signing_private)
-        write_tls_material(make_tls_material(pop.name), node_dir.path / "tls.crt", node_dir.path / "tls.key")
-        certs[pop.name] = cert
-    info = network_info(config, net_dir)
-    for pop in config.pops:
-        node_dir = pop_node_dir(state_dir, config.name, pop.name)
-        node_dir.save_membership(certificate_to_dict(certs[pop.name]), info)
-        node_dir.save_members(
-            [MemberRecord(certs[p.name], (p.mesh_endpoint,)) for p in info.pops if p.name != pop.name]
-        )
-    return info, certs
 
 
 def _move_into_place(staged: Path, net_dir: Path) -> None:
@@ -289,42 +268,8 @@ def parse_ttl(text: str) -> int:
     return int(match.group(1)) * _TTL_UNITS[match.group(2)]
 
 
-def cmd_invite(args: argparse.Namespace) -> int:
-    config = _config(args.config)
-    ttl = parse_ttl(args.ttl) if args.ttl else DEFAULT_TTL
-    state_dir = state_dir_of(args.state_dir)
-    net_dir = network_dir(state_dir, config.name)
-    _require_init(net_dir, config)
-    if args.client:
-        try:
-            clients = [config.client(name) for name in args.client]
-        except ConfigError as exc:
-            raise BadInput(str(exc)) from None
-    else:
-        clients = list(config.clients)
-        if not clients:
-            raise BadInput(f"{config.source}: client: the client list is empty")
-    info = network_info(config, net_dir)
-    now = time.time()
-    pops = [(pop.enrollment_endpoint, pop.tls_pin) for pop in info.pops]
-    invitations: list[dict[str, str | int]] = []
-    with open_store(store_url(args, net_dir), existing=True) as store:
-        for client in clients:
-            token = make_token(os.urandom(32))
-            store.add_invitation(token_hash(token), client.name, now, now + ttl)
-            url = build_url(config.name, pops, token)
-            invitations.append({"client": client.name, "url": url, "expires_at": int(now + ttl)})
-    if args.json:
-        print(json.dumps(invitations, indent=2))
-    else:
-        width = max(len(str(i["client"])) for i in invitations)
-        for invitation in invitations:
-            print(f"{invitation['client']:<{width}}  {invitation['url']}")
-    return EXIT_OK
-
-
 def cmd_pop(args: argparse.Namespace) -> int:
-    config = _config(args.config)
+    config = config_of(args.config)
     try:
         pop = config.pop(args.name)
     except ConfigError as exc:
@@ -336,84 +281,109 @@ def cmd_pop(args: argparse.Namespace) -> int:
     node_dir = pop_node_dir(state_dir, config.name, pop.name)
     if not node_dir.exists():
         raise CliError(f"no state for PoP {pop.name!r} in {node_dir.path}: run `naas init` or copy it")
-    store = open_store(store_url(args, net_dir), existing=True)  # before anything is written
-    info = network_info(config, net_dir)
-    node_dir.save_membership(certificate_to_dict(node_dir.load_identity().certificate), info)
+    url = store_url(args, net_dir)
+    store = open_store(url, existing=True)  # before anything is written
+    check_revision(store, url)
+    net = PopNetwork(config, store, net_dir, ca_private)
+    try:
+        check_settings(net, config)  # a subnet or port changed in the file: refused, as by apply
+    except ControlError as exc:
+        store.close()
+        raise BadInput(str(exc)) from None
+    identity = node_dir.load_identity()
+    if time.time() >= renewal_due(identity.certificate):  # due or expired while stopped: renew here
+        try:
+            renewed = renew_own(net, identity.certificate, identity.signing_private)
+        except ControlError as exc:
+            store.close()
+            raise CliError(f"cannot renew PoP {pop.name}'s certificate: {exc}") from None
+        node_dir.save_certificate(renewed)
+    node_dir.save_membership(certificate_to_dict(node_dir.load_identity().certificate), net.info)
     setup_logging(os.environ.get("NAAS_LOG_LEVEL", "INFO"))
     try:
-        run_loop(
-            _run_pop(
-                config,
-                pop.name,
-                node_dir.path,
-                store,
-                ca_private,
-                info,
-                args.interface,
-                options,
-            )
-        )
+        run_loop(_run_pop(net, pop.name, node_dir.path, args.interface, options))
     except AgentError as exc:
         raise CliError(str(exc)) from None
     return EXIT_OK
 
 
 async def _run_pop(
-    config: NetworkConfig,
-    name: str,
-    node_path: Path,
-    store: PopStore,
-    ca_private: bytes,
-    info: NetworkInfo,
-    interface: str,
-    options: AgentOptions,
+    net: PopNetwork, name: str, node_path: Path, interface: str, options: AgentOptions
 ) -> None:
     agent = options.agent(NodeDir(node_path), interface)
     await agent.start()
     assert agent.core is not None
+    store = net.store
     now = asyncio.get_running_loop().time()
     for cert in store.members():
         agent.core.member_enrolled(cert, now)  # members enrolled before this start
-    service = EnrollmentService(config, name, store, ca_private, info, time.time, agent.member_enrolled)
+    service = EnrollmentService(net, name, agent.member_enrolled)
+    service.api = RestApi(net, name, agent_view=agent.topology)
     agent.extra_status = lambda: {"pop": {"name": name, **service.status()}}
     runner, port = await start_enrollment_site(
         service,
         "0.0.0.0",
-        config.network.enrollment_port,
+        net.config.network.enrollment_port,
         server_ssl_context(node_path / "tls.crt", node_path / "tls.key"),
     )
     logging.getLogger("naas.pop").info("PoP %s enrolling on https://0.0.0.0:%d", name, port)
+    watching = asyncio.get_running_loop().create_task(_watch_documents(agent, store))
     try:
         await agent.run_until_stopped()
     finally:
+        watching.cancel()
         await runner.cleanup()
         store.close()
 
 
+async def _watch_documents(agent: Agent, store: PopStore) -> None:
+    """Hand the agent every new network document the store gets (from this PoP's API,
+    the other PoP's, or `naas revoke` on a PoP host): a cheap version query every
+    DOCUMENT_POLL seconds, the body only when it is newer. A store that does not answer
+    (PostgreSQL restarting) is asked again, with one log line per outage."""
+    log = logging.getLogger("naas.pop")
+    failing = False
+    while True:
+        try:
+            version = await asyncio.to_thread(store.document_version)
+            held = agent.core.document.version if agent.core is not None and agent.core.document else 0
+            if version > held:
+                latest = await asyncio.to_thread(store.latest_document)
+                if latest is not None and agent.document_received(latest[1]):
+                    log.info("network document version %d from the store", latest[0])
+            if failing:
+                log.info("the store answers again")
+            failing = False
+        except Exception as exc:
+            if not failing:
+                log.warning("cannot read the network document from the store: %s", _first_line(exc))
+            failing = True
+        await asyncio.sleep(DOCUMENT_POLL)
+
+
+def add_store_options(parser: argparse.ArgumentParser, *, remote: bool = False) -> None:
+    """--config, --state-dir, --store: where a PoP host keeps the network (``remote``: the
+    command can work at a PoP's API instead, cli/remote.py, and checks --config itself)."""
+    config_help = "the network's naas.toml" + (" (required without --api)" if remote else "")
+    parser.add_argument("--config", required=not remote, help=config_help)
+    parser.add_argument(
+        "--state-dir", metavar="DIR", help="state directory (default /var/lib/naas or $NAAS_STATE_DIR)"
+    )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="PoP store URL, one for both PoPs (default $NAAS_POP_STORE, else SQLite"
+        " <state-dir>/<network>/pop.db); only init creates one",
+    )
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--config", required=True, help="the network's naas.toml")
-        parser.add_argument(
-            "--state-dir", metavar="DIR", help="state directory (default /var/lib/naas or $NAAS_STATE_DIR)"
-        )
-        parser.add_argument(
-            "--store",
-            metavar="URL",
-            help="PoP store URL, one for both PoPs (default $NAAS_POP_STORE, else SQLite"
-            " <state-dir>/<network>/pop.db); invite and pop refuse a store init has not made",
-        )
+    common = add_store_options
 
     init = sub.add_parser("init", help="create the network CA, PoP keys and store")
     common(init)
     init.add_argument("--force", action="store_true", help="start over: new CA, every member must re-enroll")
     init.set_defaults(func=cmd_init)
-
-    invite = sub.add_parser("invite", help="print one single-use invitation URL per client")
-    common(invite)
-    invite.add_argument("--client", action="append", help="only this client (repeatable)")
-    invite.add_argument("--ttl", help="validity, e.g. 3600, 30m, 12h, 7d (default 7d)")
-    invite.add_argument("--json", action="store_true", help="print a JSON list of {client, url, expires_at}")
-    invite.set_defaults(func=cmd_invite)
 
     pop = sub.add_parser("pop", help="run a PoP: enrollment service and mesh member")
     common(pop)

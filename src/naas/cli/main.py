@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from naas import __version__
-from naas.cli import admin, demo, member, view
+from naas.cli import admin, demo, manage, member, view
 from naas.cli.common import EXIT_FAILURE, CliError, Parser
 
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.required = True
     admin.add_parsers(sub)
+    manage.add_parsers(sub)
     member.add_parsers(sub)
     view.add_parsers(sub)
     demo.add_parsers(sub)

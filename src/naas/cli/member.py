@@ -37,10 +37,10 @@ from naas.cli.common import (
 )
 from naas.core.crypto import ed25519_public, x25519_public
 from naas.daemon import control, netconf
-from naas.daemon.runner import DEFAULT_INTERFACE, AgentError, run_loop, setup_logging
+from naas.daemon.runner import DEFAULT_INTERFACE, AgentError, run_loop, setup_logging, utc
 from naas.daemon.state import NodeDir, client_node_dir
 from naas.model.codec import certificate_to_dict
-from naas.pop.client import EnrollmentError, enroll
+from naas.pop.client import EnrollmentError, enroll, renew_certificate
 from naas.pop.invitations import InvitationError, parse_url_untrusted
 
 READY_TIMEOUT = 20.0
@@ -120,6 +120,10 @@ def cmd_join(args: argparse.Namespace) -> int:
         stop_agent(node_dir, quiet=True)
     node_dir.save_keys(static_private, signing_private)
     node_dir.save_members(list(result.members))
+    if result.document is not None:
+        node_dir.save_document(result.document)
+    else:  # an older PoP: no document; an old one from a past membership must not linger
+        (node_dir.path / "document.json").unlink(missing_ok=True)
     node_dir.save_membership(certificate_to_dict(result.certificate), result.network)
     cert = result.certificate
     say(
@@ -174,7 +178,11 @@ def start_agent(
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise CliError(f"the agent exited with status {process.returncode}; see {node_dir.log_path}")
+            said = _last_words(node_dir.log_path)
+            raise CliError(
+                f"the agent exited with status {process.returncode}"
+                + (f": {said}" if said else f"; see {node_dir.log_path}")
+            )
         if node_dir.socket_path.exists():
             try:
                 control.request(node_dir.socket_path, "status", timeout=2)
@@ -241,6 +249,18 @@ def stop_agent(node_dir: NodeDir, quiet: bool = False) -> bool:
     return True
 
 
+def _last_words(log_path: Path) -> str | None:
+    """What an agent that failed to start said last: its ``naas: ...`` line, if any."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+            tail = log.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    last = tail[-1] if tail else ""
+    return last.removeprefix("naas: ") if last.startswith("naas: ") else None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     options = AgentOptions.from_args(args)
     state_dir = state_dir_of(args.state_dir)
@@ -261,6 +281,32 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(json.dumps({"stopped": stopped, "pid": pid if stopped else None}))
     elif not stopped:
         say("agent was not running")
+    return EXIT_OK
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    """Renew this member's certificate now: through the running agent (which takes the
+    new certificate at once), else directly at a PoP (the next start uses it)."""
+    node_dir = member_dir(state_dir_of(args.state_dir), args.network)
+    if agent_running(node_dir):
+        try:
+            answer = control.request(node_dir.socket_path, "renew", timeout=60.0)
+        except control.ControlError as exc:
+            raise CliError(str(exc)) from None
+        if not answer.get("ok"):
+            raise CliError(str(answer.get("error", "renewal failed")))
+        not_after = int(answer["not_after"])
+    else:
+        identity = node_dir.load_identity()
+        try:
+            renewed = renew_certificate(
+                node_dir.load_network(), identity.certificate, identity.signing_private, now=time.time()
+            )
+        except EnrollmentError as exc:
+            raise CliError(f"renewal failed: {exc}") from None
+        node_dir.save_certificate(renewed)
+        not_after = renewed.not_after
+    say(f"certificate renewed: valid until {utc(not_after)}")
     return EXIT_OK
 
 
@@ -383,6 +429,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     status.add_argument("--json", action="store_true", help="the agent's whole status as JSON")
     common(status)
     status.set_defaults(func=cmd_status)
+
+    renew = sub.add_parser("renew", help="renew this member's certificate now (it renews by itself at 2/3)")
+    common(renew)
+    renew.set_defaults(func=cmd_renew)
 
     agent = sub.add_parser("agent", help="run the agent of one membership in the foreground (used by up)")
     agent.add_argument(

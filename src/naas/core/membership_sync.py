@@ -114,6 +114,11 @@ class MembershipSync:
             if peer is not changed and peer.node_id != exclude:
                 self._send_inner(peer, message, now)
 
+    def own_certificate_changed(self, certificate: Certificate, now: float) -> None:
+        """Our certificate was renewed: announce it like a new document."""
+        self._own_certificate = certificate
+        self.document_changed(now)
+
     def document_changed(self, now: float, exclude: int | None = None) -> None:
         """We hold a newer network document: say so, hash first, to every member with a
         session (but ``exclude``, who sent it); those that lack it ask with a digest."""

@@ -32,6 +32,7 @@ from naas.model.document import (
     signed_message,
     unsigned_fields,
 )
+from naas.model.network import NetworkInfo
 
 DOCUMENT_NODE = 0  # the document's entry in the member table's version list (never a node id)
 
@@ -62,6 +63,14 @@ def open_document_untrusted(body: bytes, ca_public: bytes, network: str) -> Netw
     if not ed25519_verify(ca_public, signature, message):
         raise DocumentError("document.signature: does not verify")
     return document
+
+
+def revoked_by(body: bytes, network: NetworkInfo, node_id: int) -> bool:
+    """Whether the document in ``body`` (if it opens) revokes ``node_id``."""
+    try:
+        return node_id in open_document_untrusted(body, network.ca_public, network.name).revoked_ids
+    except DocumentError:
+        return False
 
 
 def pack_for_mesh(body: bytes) -> str:

@@ -334,7 +334,27 @@ class NodeCore(Handshakes):
 
     def member_enrolled(self, certificate: Certificate, now: float) -> None:
         """A PoP issued ``certificate``: tell the mesh."""
-        self._learn_member(MemberRecord(certificate), now, gossip=True)
+        if certificate.node_id == self.node_id:
+            self.certificate_renewed(certificate, now)
+        else:
+            self._learn_member(MemberRecord(certificate), now, gossip=True)
+
+    def certificate_renewed(self, certificate: Certificate, now: float) -> bool:
+        """Our certificate was renewed (same node id and keys, a later validity): use it
+        in handshakes from now on and tell the mesh, hash first. False if it is not ours."""
+        own = self.identity.certificate
+        same_keys = (certificate.node_id, certificate.static_public, certificate.signing_public) == (
+            own.node_id,
+            own.static_public,
+            own.signing_public,
+        )
+        if not same_keys or certificate.not_before <= own.not_before:
+            return False
+        identity = self.identity
+        self.identity = LocalIdentity(certificate, identity.static_private, identity.signing_private)
+        self._own_cert_bytes = certificate_to_bytes(certificate)
+        self.membership.own_certificate_changed(certificate, now)
+        return True
 
     def _learn_member(
         self, record: MemberRecord, now: float, *, gossip: bool, source: int | None = None
@@ -356,7 +376,8 @@ class NodeCore(Handshakes):
         elif peer.certificate != cert:
             if cert.not_before < peer.certificate.not_before:
                 return  # an older certificate: ignore
-            self._forget_sessions(peer)
+            if cert.static_public != peer.certificate.static_public:
+                self._forget_sessions(peer)  # new keys; a renewal keeps its sessions
             peer.certificate = cert
             self._events.append(NodeEvent("member_updated", cert.node_id, cert.name, "new certificate"))
             self.membership.table_changed()

@@ -65,6 +65,7 @@ few seconds, so a restart works with every PoP down.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import signal
@@ -74,18 +75,21 @@ from time import monotonic
 from typing import Any
 
 from naas.core.fragments import gso_max_size_for
+from naas.core.network_document import revoked_by
 from naas.core.node import NodeCore, NodeEvent
 from naas.core.topology import Topology
 from naas.core.wire import overlay_mtu
 from naas.daemon import control, netconf
 from naas.daemon.backoff import Backoff
 from naas.daemon.metrics_server import serve_metrics
+from naas.daemon.renewal import CertificateRenewal, Renewer, renewal_due
 from naas.daemon.state import NodeDir, write_file
 from naas.daemon.steering import bind_mesh_sockets
 from naas.daemon.tap import LinuxTap
 from naas.daemon.udp import LinuxUdpSocket, coalesce
 from naas.model.certificate import Certificate
 from naas.model.network import NetworkInfo
+from naas.pop.client import renew_certificate
 
 log = logging.getLogger("naas.agent")
 
@@ -102,6 +106,13 @@ WARM_DATAGRAM = bytes(140)  # about a sealed ping frame: what a poll echoes on l
 CACHE_SAVE_INTERVAL = 5.0  # seconds between rewrites of members.json, at most
 MAX_CACHE_SAVE_RETRY = 60.0  # ... and between tries while it cannot be written (daemon/backoff.py)
 DEFAULT_INTERFACE = "naas0"
+
+
+def utc(unix_time: int) -> str:
+    return datetime.datetime.fromtimestamp(unix_time, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+REVOKED_MESSAGE = "{name} is revoked from network {network!r}: it stopped; ask for a new invitation"
 
 
 class AgentError(Exception):
@@ -152,6 +163,9 @@ class Agent:
         self._cache_saves = Backoff(CACHE_SAVE_INTERVAL, MAX_CACHE_SAVE_RETRY)  # members.json
         self._control: asyncio.AbstractServer | None = None
         self.extra_status: Callable[[], dict[str, Any]] | None = None
+        self.revoked = False  # the network document revoked this member: it stopped
+        self.renewal: CertificateRenewal | None = None
+        self._renewing: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -161,6 +175,14 @@ class Agent:
         network = self.node_dir.load_network()
         members = self.node_dir.load_members()
         cert = identity.certificate
+        document = self.node_dir.load_document()
+        if document is not None and revoked_by(document, network, cert.node_id):
+            raise AgentError(REVOKED_MESSAGE.format(name=cert.name, network=network.name))
+        if time.time() > cert.not_after:
+            raise AgentError(
+                f"the certificate of {cert.name} expired at {utc(cert.not_after)} while this member was off: "
+                "ask for a new invitation (naas-enrollment URL --force)"
+            )
         # pyroute2's synchronous API runs an event loop of its own: call it from a thread
         mtu = await asyncio.to_thread(self._configure_interface, network, cert)
         if os.environ.get("NAAS_HANDSHAKE_SOCKET", "on") == "off":  # one socket, as before (bench/run)
@@ -183,6 +205,7 @@ class Agent:
             mtu=mtu,
             members=members,
             tap_offload=self._tap.offload,
+            document=document,
         )
         loop.add_reader(self._tap.fileno(), self._tap_readable)
         loop.add_reader(self._udp.fileno(), self._udp_readable)
@@ -212,6 +235,12 @@ class Agent:
             self._offload_summary(),
         )
         self._arm_timer(now)
+        self.start_renewals(self._renew_at_pops)
+
+    def _renew_at_pops(self, certificate: Certificate, signing_private: bytes) -> Certificate:
+        """Renew at the first PoP that answers (pinned HTTPS; in a thread)."""
+        assert self.core is not None
+        return renew_certificate(self.core.network, certificate, signing_private, now=time.time())
 
     def _configure_interface(self, network: NetworkInfo, cert: Certificate) -> int:
         """Open naas0 and set its MAC, MTU and address; returns the MTU."""
@@ -235,20 +264,42 @@ class Agent:
         await self.run_until_stopped()
 
     async def run_until_stopped(self) -> None:
-        """After start(): serve until stop() (SIGTERM, SIGINT, or `naas down`)."""
+        """After start(): serve until stop() (SIGTERM, SIGINT, `naas down`, or this member
+        revoked: then AgentError says so)."""
         try:
             await self._stopped.wait()
         finally:
             if self._metrics is not None:
                 await self._metrics.cleanup()
             self.close()
+        if self.revoked and self.core is not None:
+            name = self.core.identity.certificate.name
+            raise AgentError(REVOKED_MESSAGE.format(name=name, network=self.core.network.name))
 
     def stop(self) -> None:
         self._stopped.set()
 
+    def start_renewals(self, renewer: Renewer) -> None:
+        """Renew this member's certificate at two thirds of its life (daemon/renewal.py)."""
+        assert self.core is not None and self._loop is not None
+        core = self.core
+        self.renewal = CertificateRenewal(
+            lambda: core.identity.certificate, core.identity.signing_private, renewer, self._take_certificate
+        )
+        self._renewing = self._loop.create_task(self.renewal.run())
+
+    def _take_certificate(self, certificate: Certificate) -> None:
+        assert self.core is not None
+        if self.core.certificate_renewed(certificate, self._now()):
+            try:
+                self.node_dir.save_certificate(certificate)
+            except OSError as exc:
+                log.warning("cannot save the renewed certificate: %s", exc)
+            self._transmit()
+
     def close(self) -> None:
         loop = asyncio.get_event_loop()
-        for timer in (self._timer, self._poll, self._handshake_rest):
+        for timer in (self._timer, self._poll, self._handshake_rest, self._renewing):
             if timer is not None:
                 timer.cancel()
         if self._control is not None:
@@ -470,9 +521,33 @@ class Agent:
         return ",".join(name for name, on in used if on) or "none"
 
     def _log_event(self, event: NodeEvent) -> None:
-        if event.kind in ("member_learned", "member_updated"):
+        if event.kind in ("member_learned", "member_updated", "member_revoked"):
             self._members_dirty = True
+        if event.kind == "document":
+            self._save_document()
+            log.info("network document %s", event.detail)
+            return
+        if event.kind == "revoked":  # said once, as the agent's exit message (run_until_stopped)
+            self.revoked = True
+            self.stop()
+            return
         log.info("%s peer=%s node_id=%d %s", event.kind, event.name, event.node_id, event.detail)
+
+    def _save_document(self) -> None:
+        """Keep the newest document (0600, atomic): a restart starts from it, revocations
+        included, even with every PoP down."""
+        assert self.core is not None and self.core.document is not None
+        try:
+            self.node_dir.save_document(self.core.document.body)
+        except OSError as exc:
+            log.warning("cannot save the network document: %s", exc)
+
+    def document_received(self, body: bytes) -> bool:
+        """A PoP in the same process found a newer document in its store."""
+        assert self.core is not None
+        taken = self.core.document_received(body, self._now())
+        self._transmit()
+        return taken
 
     def _save_members(self, force: bool = False) -> None:
         """Rewrite members.json if membership changed (``force``: anyway, at exit). When it
@@ -506,6 +581,10 @@ class Agent:
 
     # -- control socket --------------------------------------------------------------------------
 
+    def topology(self) -> Topology:
+        """This member's view of the mesh now (core/topology.py)."""
+        return self._topology()
+
     def _topology(self) -> Topology:
         assert self.core is not None
         return self.core.topology(self._now())
@@ -521,6 +600,18 @@ class Agent:
             "hosts_tracked": cookies.sources_tracked,
             "own_socket": self._handshake_udp is not None,
             "pauses": self.handshake_pauses,
+        }
+
+    def _certificate_status(self) -> dict[str, Any]:
+        assert self.core is not None
+        cert = self.core.identity.certificate
+        renewal = self.renewal
+        return {
+            "not_after": cert.not_after,
+            "renew_at": int(renewal_due(cert)),
+            "renewals": renewal.renewals if renewal else 0,
+            "renewal_failures": renewal.failures if renewal else 0,
+            "last_error": renewal.last_error if renewal else None,
         }
 
     async def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -543,6 +634,7 @@ class Agent:
                 "udp_send_drops": {k.value: v for k, v in self._udp.drops.items()} if self._udp else {},
                 "tap_write_drops": {k.value: v for k, v in self._tap.drops.items()} if self._tap else {},
                 "handshakes": self._handshake_status(),
+                "certificate": self._certificate_status(),
             }
             if self.extra_status is not None:
                 status.update(self.extra_status())
@@ -550,6 +642,14 @@ class Agent:
         if cmd == "shutdown":
             asyncio.get_running_loop().call_soon(self.stop)
             return {"ok": True}
+        if cmd == "renew":
+            if self.renewal is None:
+                return {"ok": False, "error": "this agent does not renew its certificate"}
+            try:
+                renewed = await self.renewal.renew_now()
+            except Exception as exc:
+                return {"ok": False, "error": f"renewal failed: {exc}"}
+            return {"ok": True, "not_after": renewed.not_after}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
 

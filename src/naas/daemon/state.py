@@ -7,6 +7,7 @@
             certificate.json  signed by the network CA
             network.json      the network description received at enrollment
             members.json      cached member list and endpoints (restart with PoPs down)
+            document.json     the newest network document, as signed (mode 0600)
             agent.sock        control socket of the running agent
             agent.pid, agent.log
         ca.key, ca.pub        network CA (PoP hosts only; ca.key mode 0600)
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from naas.core.node import LocalIdentity
+from naas.model.certificate import Certificate
 from naas.model.codec import (
     certificate_from_dict,
     certificate_to_dict,
@@ -119,6 +121,20 @@ class NodeDir:
 
     def save_members(self, members: list[MemberRecord]) -> None:
         write_json(self.path / "members.json", [member_to_dict(m) for m in members])
+
+    def save_certificate(self, certificate: Certificate) -> None:
+        """A renewed certificate replaces the one in certificate.json."""
+        write_json(self.path / "certificate.json", certificate_to_dict(certificate))
+
+    def save_document(self, body: bytes) -> None:
+        write_file(self.path / "document.json", body, 0o600)
+
+    def load_document(self) -> bytes | None:
+        """The document saved last (checked by the core, like any other), or None."""
+        try:
+            return (self.path / "document.json").read_bytes()
+        except OSError:
+            return None
 
     def load_identity(self) -> LocalIdentity:
         try:

@@ -44,6 +44,14 @@ class NetworkSection(_Strict):
     dhcp_range: str | None = None
     gateway: IPv4Address | None = None
     certificate_days: Annotated[int, Field(gt=0, le=3650)] = 365
+    certificate_lifetime: str | None = None  # "30m", "12h", "90d": instead of certificate_days
+
+    @property
+    def certificate_seconds(self) -> int:
+        """How long a member certificate is valid (checked by _check)."""
+        if self.certificate_lifetime is None:
+            return self.certificate_days * 86_400
+        return parse_duration(self.certificate_lifetime)
 
 
 class PopSection(_Strict):
@@ -65,6 +73,27 @@ class ClientSection(_Strict):
     name: Name
     ip: IPv4Address | None = None
     groups: tuple[str, ...] = ()
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for group in value:
+            if not is_valid_name(group):
+                raise ValueError(f"{group!r} is not a group name (lowercase letters, digits, '-')")
+        return value
+
+
+_DURATION_UNITS = {"m": 60, "h": 3600, "d": 86_400}
+MIN_CERTIFICATE_SECONDS = 60
+MAX_CERTIFICATE_SECONDS = 3650 * 86_400
+
+
+def parse_duration(text: str) -> int:
+    """``"30m"``, ``"12h"``, ``"90d"`` -> seconds; ValueError for anything else."""
+    number, unit = text[:-1], text[-1:]
+    if unit not in _DURATION_UNITS or not number.isdigit() or not number.isascii():
+        raise ValueError(f"{text!r} is not a duration (e.g. 30m, 12h, 90d)")
+    return int(number) * _DURATION_UNITS[unit]
 
 
 class _ConfigFile(_Strict):
@@ -169,6 +198,15 @@ def _check(model: _ConfigFile, source: str) -> NetworkConfig:
     def fail(key: str, problem: str) -> ConfigError:
         return ConfigError(source, key, problem)
 
+    if net.certificate_lifetime is not None:
+        if "certificate_days" in net.model_fields_set:
+            raise fail("network.certificate_lifetime", "give it or certificate_days, not both")
+        try:
+            seconds = parse_duration(net.certificate_lifetime)
+        except ValueError as exc:
+            raise fail("network.certificate_lifetime", str(exc)) from None
+        if not MIN_CERTIFICATE_SECONDS <= seconds <= MAX_CERTIFICATE_SECONDS:
+            raise fail("network.certificate_lifetime", "must be between 1m and 3650d")
     names: set[str] = set()
     for section, entries in (("pop", model.pop), ("client", model.client)):
         for entry in entries:

@@ -4,7 +4,8 @@ In layer-3 mode every member gets one IPv4 address of ``network.subnet``, writte
 its certificate (so DHCP and ARP answers come from the control plane, never from a
 lease server). The rules, in order:
 
-1. a client with an ``ip`` key in naas.toml gets exactly that address;
+1. a client with a fixed address (its ``ip`` key; the store's clients table once
+   ``naas apply`` keeps it, naas.toml's before) gets exactly that address;
 2. a member that enrolls again keeps the address it had, if still free and valid;
 3. otherwise the lowest address of the DHCP range that no member uses and that the
    configuration does not reserve (PoPs' addresses, clients' fixed ``ip``, the gateway).
@@ -14,7 +15,7 @@ Pure layer 2 (no subnet) allocates nothing: the answer is None.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Interface
 
 from naas.model.config import NetworkConfig
@@ -24,10 +25,15 @@ class AddressPoolExhausted(RuntimeError):
     """The DHCP range has no free address left."""
 
 
-def reserved_ips(config: NetworkConfig) -> set[IPv4Address]:
-    """Addresses the configuration gives to someone: PoPs, fixed clients, the gateway."""
+FixedAddresses = Mapping[str, IPv4Address | None]  # client name -> its fixed address, if any
+
+
+def reserved_ips(config: NetworkConfig, fixed: FixedAddresses | None = None) -> set[IPv4Address]:
+    """Addresses given to someone: PoPs, clients with a fixed address, the gateway."""
+    if fixed is None:
+        fixed = {client.name: client.ip for client in config.clients}
     reserved = {ip for pop in config.pops if (ip := config.pop_overlay_ip(pop.name)) is not None}
-    reserved |= {client.ip for client in config.clients if client.ip is not None}
+    reserved |= {ip for ip in fixed.values() if ip is not None}
     if config.network.gateway is not None:
         reserved.add(config.network.gateway)
     return reserved
@@ -38,16 +44,21 @@ def choose_ip(
     client_name: str,
     used: Iterable[IPv4Address],
     current: IPv4Address | None = None,
+    *,
+    fixed: FixedAddresses | None = None,
 ) -> IPv4Interface | None:
-    """The address for ``client_name``; ``used`` are the other members' addresses."""
+    """The address for ``client_name``; ``used`` are the other members' addresses;
+    ``fixed``: the clients' fixed addresses (default: naas.toml's)."""
     subnet = config.network.subnet
     if subnet is None:
         return None
     prefix = subnet.prefixlen
-    for client in config.clients:
-        if client.name == client_name and client.ip is not None:
-            return IPv4Interface(f"{client.ip}/{prefix}")
-    taken = set(used) | reserved_ips(config)
+    if fixed is None:
+        fixed = {client.name: client.ip for client in config.clients}
+    own = fixed.get(client_name)
+    if own is not None:
+        return IPv4Interface(f"{own}/{prefix}")
+    taken = set(used) | reserved_ips(config, fixed)
     if (
         current is not None
         and current in subnet

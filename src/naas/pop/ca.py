@@ -1,8 +1,9 @@
 """The network CA: turns an accepted enrollment into a signed member certificate.
 
 Pure: the caller passes the CA's private key, the time and every field. The validity
-starts ``CLOCK_SKEW`` seconds before ``now`` so that a member whose clock lags a little
-behind the PoP's still accepts its fresh certificate, and lasts ``days`` days. The
+starts ``CLOCK_SKEW`` seconds before ``now`` (a tenth of the lifetime if that is less)
+so that a member whose clock lags a little behind the PoP's still accepts its fresh
+certificate, and ends ``lifetime`` seconds (or ``days`` days) after ``now``. The
 signature is Ed25519 over ``codec.tbs_bytes`` (core.crypto.sign_certificate).
 """
 
@@ -19,6 +20,7 @@ from naas.model.ids import NodeId, is_valid_node_id
 
 CLOCK_SKEW = 600  # seconds a certificate is back-dated by
 DAY = 86_400
+MIN_LIFETIME = 60
 
 
 def issue_certificate(
@@ -33,7 +35,8 @@ def issue_certificate(
     ip: IPv4Interface | None,
     groups: Iterable[str],
     now: int,
-    days: int,
+    days: int | None = None,
+    lifetime: int | None = None,
 ) -> Certificate:
     """A certificate for one member, signed by the CA. Raises ValueError on bad input."""
     if len(ca_private) != KEY_LEN:
@@ -46,8 +49,11 @@ def issue_certificate(
         raise ValueError(f"node id out of range: {node_id}")
     if len(static_public) != KEY_LEN or len(signing_public) != KEY_LEN:
         raise ValueError("public keys must be 32 bytes")
-    if days <= 0:
-        raise ValueError(f"validity must be at least one day, got {days}")
+    if (days is None) == (lifetime is None):
+        raise ValueError("give the validity in days or as a lifetime in seconds")
+    seconds = days * DAY if days is not None else int(lifetime or 0)
+    if seconds < MIN_LIFETIME:
+        raise ValueError(f"validity must be at least {MIN_LIFETIME} s, got {seconds}")
     now = int(now)
     unsigned = Certificate(
         network=network,
@@ -56,8 +62,8 @@ def issue_certificate(
         is_pop=is_pop,
         static_public=bytes(static_public),
         signing_public=bytes(signing_public),
-        not_before=now - CLOCK_SKEW,
-        not_after=now + days * DAY,
+        not_before=now - min(CLOCK_SKEW, seconds // 10),
+        not_after=now + seconds,
         ip=ip,
         groups=tuple(groups),
     )

@@ -33,19 +33,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from naas.core.crypto import ed25519_verify
+from naas.control.enrollment import renew_message
+from naas.core.crypto import ed25519_sign, ed25519_verify
 from naas.model.certificate import Certificate
 from naas.model.codec import (
     CodecError,
     b64e,
     certificate_from_dict,
+    certificate_to_dict,
     member_from_dict,
     network_from_dict,
     tbs_bytes,
 )
 from naas.model.ids import Endpoint
 from naas.model.network import MemberRecord, NetworkInfo
-from naas.pop.invitations import ENROLL_PATH, Invitation, spki_pin
+from naas.pop.invitations import ENROLL_PATH, RENEW_PATH, Invitation, spki_pin
 
 DEFAULT_ATTEMPTS = 5
 DEFAULT_BACKOFF = 0.5  # seconds before the 2nd round; doubles each round
@@ -75,6 +77,7 @@ class EnrollmentResult:
     network: NetworkInfo
     members: tuple[MemberRecord, ...]
     pop: Endpoint  # the PoP that enrolled us
+    document: bytes | None = None  # the network document, checked by the agent when it starts
 
 
 def enroll(
@@ -132,6 +135,45 @@ def enroll(
     raise EnrollmentError(f"cannot reach any PoP ({details})")
 
 
+def renew_certificate(
+    network: NetworkInfo,
+    certificate: Certificate,
+    signing_private: bytes,
+    *,
+    now: float,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Certificate:
+    """A renewed certificate from the first PoP of ``network`` that answers (each pinned
+    as for enrollment); authenticated by ``certificate`` and a signature of our signing
+    key, no token. EnrollmentError: refused (the PoP's reason), or no PoP answered."""
+    unix_time = int(now)
+    fields = certificate_to_dict(certificate)
+    signature = ed25519_sign(signing_private, renew_message(network.name, fields, unix_time))
+    body = json.dumps(
+        {"network": network.name, "certificate": fields, "time": unix_time, "signature": b64e(signature)}
+    ).encode()
+    failures = []
+    for pop in network.pops:
+        try:
+            status, answer = _post(pop.enrollment_endpoint, pop.tls_pin, body, timeout, RENEW_PATH)
+        except _Unreachable as exc:
+            failures.append(f"{pop.name}: {exc}")
+            continue
+        if status != 200:
+            raise EnrollmentError(f"PoP {pop.name} refused the renewal: {_server_message(answer)}")
+        try:
+            renewed = certificate_from_dict(json.loads(answer).get("certificate"))
+        except (ValueError, AttributeError, RecursionError) as exc:
+            raise EnrollmentError(f"PoP {pop.name} sent a malformed answer: {exc}") from None
+        mine = (certificate.node_id, certificate.static_public, certificate.signing_public)
+        if (renewed.node_id, renewed.static_public, renewed.signing_public) != mine or not ed25519_verify(
+            network.ca_public, renewed.signature, tbs_bytes(renewed)
+        ):
+            raise EnrollmentError(f"PoP {pop.name} sent an unusable certificate")
+        return renewed
+    raise EnrollmentError(f"cannot reach any PoP ({'; '.join(failures)})")
+
+
 def _wait(attempt: int, backoff: float, retry_after: float) -> float:
     """Seconds before round ``attempt + 2``: the backoff, or a longer Retry-After (bounded)."""
     return max(min(backoff * 2.0**attempt, MAX_BACKOFF), min(retry_after, MAX_RETRY_AFTER))
@@ -155,7 +197,9 @@ def client_ssl_context() -> ssl.SSLContext:
     return context
 
 
-def _post(endpoint: Endpoint, pin: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+def _post(
+    endpoint: Endpoint, pin: str, body: bytes, timeout: float, path: str = ENROLL_PATH
+) -> tuple[int, bytes]:
     connection = http.client.HTTPSConnection(
         endpoint.host, endpoint.port, timeout=timeout, context=client_ssl_context()
     )
@@ -176,7 +220,7 @@ def _post(endpoint: Endpoint, pin: str, body: bytes, timeout: float) -> tuple[in
         try:
             connection.request(
                 "POST",
-                ENROLL_PATH,
+                path,
                 body=body,
                 headers={"Content-Type": "application/json", "Accept": "application/json"},
             )
@@ -214,6 +258,9 @@ def _result(
         if not isinstance(raw_members, list) or len(raw_members) > MAX_MEMBERS:
             raise CodecError("members: expected a list")
         members = tuple(member_from_dict(m, "members") for m in raw_members)
+        document = obj.get("document")
+        if document is not None and not isinstance(document, str):
+            raise CodecError("document: expected text")
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # CodecError is a ValueError
         raise EnrollmentError(f"PoP {endpoint} sent a malformed answer: {exc}") from None
     problem = None
@@ -225,7 +272,13 @@ def _result(
         problem = "the certificate is not signed by the network CA"
     if problem is not None:
         raise EnrollmentError(f"PoP {endpoint} sent an unusable answer: {problem}")
-    return EnrollmentResult(certificate=cert, network=network, members=members, pop=endpoint)
+    return EnrollmentResult(
+        certificate=cert,
+        network=network,
+        members=members,
+        pop=endpoint,
+        document=document.encode() if document is not None else None,
+    )
 
 
 def _pin_or_none(der: bytes | None) -> str | None:

@@ -65,6 +65,7 @@ class Refusal(Enum):
     INVITATION_UNKNOWN = "invitation_unknown"  # 403
     INVITATION_USED = "invitation_used"  # 403
     INVITATION_EXPIRED = "invitation_expired"  # 403
+    RENEWAL_REFUSED = "renewal_refused"  # 403: a renewal whose certificate or signature does not hold
     BODY_TIMEOUT = "body_timeout"  # 408
     TOO_LARGE = "too_large"  # 413
     RATE_LIMITED = "rate_limited"  # 429

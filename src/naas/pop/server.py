@@ -10,9 +10,9 @@ in the invitation URL, not by a PKI. The path of one connection and one enrollme
     -> FailureLimiter: this source failed too often? 429 + Retry-After, body unread
     -> body within BODY_TIMEOUT (else 408) and MAX_REQUEST_BYTES (else 413)
     -> JSON shape -> network name -> token form -> key forms                  (else 400)
-    -> store.redeem (one SQL transaction, in a worker thread) calls _issue(grant):
-         address (addresses.choose_ip), groups from naas.toml, CA signature (ca.py)
-    -> 200 {certificate, network, members}, then on_enrolled(certificate)
+    -> control/enrollment.py, in a worker thread: store.redeem (one SQL transaction)
+         issues the certificate: address, groups from the store, CA signature
+    -> 200 {certificate, network, members, document}, then on_enrolled(certificate)
     -> the next request's headers within KEEPALIVE_TIMEOUT, or the connection is cut;
        no connection outlives CONNECTION_LIFETIME, whatever it does
 
@@ -48,19 +48,21 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
+from naas.control.enrollment import enroll, renew
+from naas.control.errors import ControlError, Forbidden
+from naas.control.network import PopNetwork
 from naas.model.certificate import Certificate
 from naas.model.codec import (
     CodecError,
     b64d,
+    certificate_from_dict,
     certificate_to_dict,
     member_to_dict,
     network_to_dict,
 )
-from naas.model.config import NetworkConfig
-from naas.model.network import MemberRecord, NetworkInfo
-from naas.pop.addresses import AddressPoolExhausted, choose_ip
-from naas.pop.ca import issue_certificate
-from naas.pop.invitations import ENROLL_PATH, is_well_formed_token, token_hash
+from naas.model.network import MemberRecord
+from naas.pop.addresses import AddressPoolExhausted
+from naas.pop.invitations import ENROLL_PATH, RENEW_PATH, is_well_formed_token, token_hash
 from naas.pop.limits import (
     ACCEPT_RETRY_DELAY,
     LISTEN_BACKLOG,
@@ -75,7 +77,7 @@ from naas.pop.limits import (
     Refusal,
     source_of,
 )
-from naas.pop.store import Grant, PopStore, RedeemError
+from naas.pop.store import RedeemError
 
 log = logging.getLogger("naas.pop.server")
 
@@ -89,27 +91,21 @@ class EnrollmentService:
 
     def __init__(
         self,
-        config: NetworkConfig,
+        net: PopNetwork,
         pop_name: str,
-        store: PopStore,
-        ca_private: bytes,
-        network_info: NetworkInfo,
-        clock: Callable[[], float],
         on_enrolled: Callable[[Certificate], None],
         *,
         limits: EnrollmentLimits | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        config.pop(pop_name)  # raises ConfigError for an unknown PoP
-        self._config = config
+        net.config.pop(pop_name)  # raises ConfigError for an unknown PoP
+        self._net = net
+        self._config = net.config
         self._pop_name = pop_name
-        self._store = store
-        self._ca_private = ca_private
-        self._network_info = network_info
-        self._clock = clock  # wall clock: certificates and invitations
+        self._network_info = net.info
         self._monotonic = monotonic  # the failure limiter's clock
         self._on_enrolled = on_enrolled
-        self._pop_endpoints = {pop.name: (pop.mesh_endpoint,) for pop in network_info.pops}
+        self._pop_endpoints = {pop.name: (pop.mesh_endpoint,) for pop in net.info.pops}
         self.limits = limits or EnrollmentLimits()
         self.failures = FailureLimiter(
             self.limits.failure_burst, self.limits.failure_refill_seconds, self.limits.max_tracked_sources
@@ -118,6 +114,7 @@ class EnrollmentService:
         self.enrolled = 0
         self.enrolled_again = 0  # retries answered with the certificate already issued
         self.refusals: Counter[Refusal] = Counter()
+        self.api: Any = None  # pop/api.py's RestApi, mounted beside enrollment by app()
 
     def status(self) -> dict[str, Any]:
         """The counters, for ``naas status`` of a PoP."""
@@ -131,7 +128,10 @@ class EnrollmentService:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_post(ENROLL_PATH, self._handle_enroll)
+        app.router.add_post(RENEW_PATH, self._handle_renew)
         app.router.add_get(HEALTH_PATH, self._handle_health)
+        if self.api is not None:
+            self.api.mount(app, failures=self.failures, monotonic=self._monotonic)  # a bad token spends
         return app
 
     async def _handle_health(self, _request: web.Request) -> web.Response:
@@ -159,16 +159,10 @@ class EnrollmentService:
             log.info("enrollment rejected problem=%r peer=%s", parsed, request.remote)
             return self._failed(source, Refusal.BAD_REQUEST, parsed)
         token, static_public, signing_public = parsed
-        now = self._clock()
-        issued: list[Certificate] = []
-
-        def issue(grant: Grant) -> Certificate:
-            issued.append(self._issue(grant, static_public, signing_public, now))
-            return issued[-1]
-
-        keys = (static_public, signing_public)
         try:
-            cert, certs = await asyncio.to_thread(self._redeem, token_hash(token), now, issue, keys)
+            done = await asyncio.to_thread(
+                enroll, self._net, self._pop_name, token_hash(token), static_public, signing_public
+            )
         except RedeemError as exc:
             log.info("enrollment refused reason=%s peer=%s", exc.reason, request.remote)
             return self._failed(source, Refusal(f"invitation_{exc.reason}"), str(exc))
@@ -178,7 +172,7 @@ class EnrollmentService:
         except Exception:
             log.exception("enrollment failed peer=%s", request.remote)
             return _error(500, "internal error")
-        again = not issued
+        cert, again = done.certificate, not done.issued
         if again:
             self.enrolled_again += 1
         else:
@@ -195,13 +189,73 @@ class EnrollmentService:
         answer = {
             "certificate": certificate_to_dict(cert),
             "network": network_to_dict(self._network_info),
-            "members": [member_to_dict(self._record(c)) for c in certs],
+            "members": [member_to_dict(self._record(c)) for c in done.members],
         }
+        if done.document is not None:
+            answer["document"] = done.document.decode()
         try:
             self._on_enrolled(cert)  # again too: this PoP may not know the member yet
         except Exception:
             log.exception("on_enrolled hook failed name=%s", cert.name)
         return web.json_response(answer)
+
+    async def _handle_renew(self, request: web.Request) -> web.Response:
+        """A member renews its certificate (control/enrollment.py renew): authenticated by
+        the certificate and a signature of its own, limited like enrollments."""
+        source = source_of(request.remote)
+        wait = self.failures.retry_after(source, self._monotonic())
+        if wait > 0:
+            self.refusals[Refusal.RATE_LIMITED] += 1
+            limited = _error(429, "too many failed attempts from this address", close=True)
+            limited.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return limited
+        try:
+            body = await asyncio.wait_for(request.read(), self.limits.body_timeout)
+        except web.HTTPRequestEntityTooLarge:
+            return self._failed(source, Refusal.TOO_LARGE, f"request larger than {MAX_REQUEST_BYTES} bytes")
+        except TimeoutError:
+            message = f"request body not received within {self.limits.body_timeout:g} s"
+            return self._failed(source, Refusal.BODY_TIMEOUT, message)
+        parsed = self._parse_renew_untrusted(body)
+        if isinstance(parsed, str):
+            return self._failed(source, Refusal.BAD_REQUEST, parsed)
+        cert, unix_time, signature = parsed
+        try:
+            renewed = await asyncio.to_thread(renew, self._net, cert, unix_time, signature)
+        except Forbidden as exc:
+            log.info("renewal refused name=%s node_id=%d: %s", cert.name, cert.node_id, exc)
+            return self._failed(source, Refusal.RENEWAL_REFUSED, str(exc))
+        except ControlError as exc:
+            return self._failed(source, Refusal.BAD_REQUEST, str(exc))
+        except Exception:
+            log.exception("renewal failed peer=%s", request.remote)
+            return _error(500, "internal error")
+        log.info("renewed name=%s node_id=%d until=%d", renewed.name, renewed.node_id, renewed.not_after)
+        try:
+            self._on_enrolled(renewed)  # the PoP's agent spreads the new certificate at once
+        except Exception:
+            log.exception("on_enrolled hook failed name=%s", renewed.name)
+        return web.json_response({"certificate": certificate_to_dict(renewed)})
+
+    def _parse_renew_untrusted(self, body: bytes) -> tuple[Certificate, int, bytes] | str:
+        """(certificate, time, signature) of a renewal request, or the problem as text."""
+        try:
+            obj: Any = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return "body is not JSON"
+        if not isinstance(obj, dict):
+            return "expected a JSON object"
+        if obj.get("network") != self._config.name:
+            return "network: missing, or another network"
+        unix_time = obj.get("time")
+        if not isinstance(unix_time, int) or isinstance(unix_time, bool) or not 0 <= unix_time < 2**53:
+            return "time: expected Unix seconds"
+        try:
+            cert = certificate_from_dict(obj.get("certificate"))
+            signature = b64d(obj.get("signature"), length=64, field="signature")  # type: ignore[arg-type]
+        except CodecError as exc:
+            return str(exc)
+        return cert, unix_time, signature
 
     def _failed(self, source: str, reason: Refusal, message: str) -> web.Response:
         """A failed attempt: counted, charged to the source, answered on one line."""
@@ -239,39 +293,6 @@ class EnrollmentService:
             return "public keys must not be all zero"
         return token, static_public, signing_public
 
-    def _redeem(
-        self,
-        hashed: str,
-        now: float,
-        issue: Callable[[Grant], Certificate],
-        keys: tuple[bytes, bytes],
-    ) -> tuple[Certificate, list[Certificate]]:
-        cert = self._store.redeem(hashed, now, self._pop_name, issue, keys=keys)
-        return cert, self._store.members()
-
-    def _issue(self, grant: Grant, static_public: bytes, signing_public: bytes, now: float) -> Certificate:
-        previous_ip = grant.previous.ip if grant.previous is not None else None
-        ip = choose_ip(
-            self._config,
-            grant.client_name,
-            grant.used_ips,
-            previous_ip.ip if previous_ip is not None else None,
-        )
-        client = next((c for c in self._config.clients if c.name == grant.client_name), None)
-        return issue_certificate(
-            self._ca_private,
-            network=self._config.name,
-            name=grant.client_name,
-            node_id=grant.node_id,
-            is_pop=False,
-            static_public=static_public,
-            signing_public=signing_public,
-            ip=ip,
-            groups=client.groups if client is not None else (),
-            now=int(now),
-            days=self._config.network.certificate_days,
-        )
-
     def _record(self, cert: Certificate) -> MemberRecord:
         endpoints = self._pop_endpoints.get(cert.name, ()) if cert.is_pop else ()
         return MemberRecord(certificate=cert, endpoints=endpoints)
@@ -282,6 +303,7 @@ _FAILURE_STATUS = {
     Refusal.INVITATION_UNKNOWN: 403,
     Refusal.INVITATION_USED: 403,
     Refusal.INVITATION_EXPIRED: 403,
+    Refusal.RENEWAL_REFUSED: 403,
     Refusal.BODY_TIMEOUT: 408,
     Refusal.TOO_LARGE: 413,
 }

@@ -6,7 +6,10 @@ it. The SQL is plain SQLAlchemy Core with portable types only.
 
 Redemption is one transaction that takes the write lock first (SQLite: ``BEGIN
 IMMEDIATE``, so two processes queue instead of failing on a lock upgrade; PostgreSQL:
-``SELECT ... FOR UPDATE`` on the invitation and on the node-id counter)::
+the transaction-level advisory lock ``WRITE_LOCK_KEY``, taken first by every write
+transaction: row locks alone leave the addresses and names read from ``members``
+unlocked, and a schema upgrade has no rows to lock; the rows are also ``SELECT ... FOR
+UPDATE``)::
 
     invitation exists? -> unused? -> not expired? -> node id (same name: same id,
     else the counter) -> issue(Grant) -> store member -> mark invitation used -> COMMIT
@@ -19,7 +22,8 @@ lost (a PoP killed between COMMIT and its answer, a dropped connection), and the
 client's retry must not find its own invitation "already used". Other keys are
 refused as before. On SQLite
 the file is created mode 0600, WAL lets readers run beside the writer, and a busy
-timeout makes a second PoP process wait for the lock rather than fail.
+timeout makes a second PoP process wait for the lock rather than fail. On PostgreSQL
+every pooled connection is pinged before use, so a restarted server costs no request.
 """
 
 from __future__ import annotations
@@ -34,13 +38,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    MetaData,
-    String,
-    Table,
-    Text,
     create_engine,
     delete,
     event,
@@ -56,12 +53,15 @@ from naas.model.certificate import Certificate
 from naas.model.codec import certificate_from_bytes_untrusted, certificate_to_bytes
 from naas.model.config import NetworkConfig, is_valid_name
 from naas.model.ids import NodeId, is_valid_node_id
+from naas.pop import migrate
 from naas.pop.addresses import choose_ip
+from naas.pop.schema import invitations, members, meta
+from naas.pop.store_control import ControlTables
 
-SCHEMA_VERSION = 1
 FIRST_NODE_ID = 1
 BUSY_TIMEOUT_MS = 30_000  # how long a PoP waits for the other PoP's write transaction
 REPLAY_WINDOW = 3600  # s after its use in which a retry with the same keys gets its certificate
+WRITE_LOCK_KEY = 0x6E616173  # PostgreSQL advisory lock of the write transactions ("naas")
 
 REDEEM_MESSAGES = {
     "unknown": "invitation unknown",
@@ -69,39 +69,6 @@ REDEEM_MESSAGES = {
     "expired": "invitation expired",
 }
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-metadata = MetaData()
-
-invitations = Table(
-    "invitations",
-    metadata,
-    Column("token_hash", String(64), primary_key=True),  # hex SHA-256 of the token
-    Column("client_name", String(63), nullable=False, index=True),
-    Column("created_at", BigInteger, nullable=False),  # Unix seconds
-    Column("expires_at", BigInteger, nullable=False),
-    Column("used_at", BigInteger, nullable=True),
-    Column("used_by_pop", String(63), nullable=True),
-    Column("node_id", BigInteger, nullable=True),
-)
-
-members = Table(
-    "members",
-    metadata,
-    Column("node_id", BigInteger, primary_key=True, autoincrement=False),
-    Column("name", String(63), nullable=False, unique=True),
-    Column("is_pop", Boolean, nullable=False),
-    Column("certificate_json", Text, nullable=False),  # codec.certificate_to_bytes
-    Column("enrolled_at", BigInteger, nullable=False),
-    Column("enrolled_via", String(63), nullable=False),  # PoP name, or "init"
-)
-
-meta = Table(
-    "meta",
-    metadata,
-    Column("key", String(64), primary_key=True),
-    Column("value", Text, nullable=False),
-)
-
 
 class RedeemError(Exception):
     """An invitation that cannot be redeemed; ``reason`` is unknown, used or expired."""
@@ -139,13 +106,17 @@ def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
-class PopStore:
-    """The SQL store; safe to share between threads and between processes."""
+class PopStore(ControlTables):
+    """The SQL store; safe to share between threads and between processes. The control
+    plane's tables (clients, revocations, documents, tokens) are in pop/store_control.py."""
 
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
         options: dict[str, Any] = {}
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.is_postgresql = parsed.get_backend_name() == "postgresql"
+        if self.is_postgresql:
+            options["pool_pre_ping"] = True  # a restarted server left dead connections behind
         if self.is_sqlite:
             database = parsed.database
             in_memory = not database or database == ":memory:"
@@ -175,6 +146,8 @@ class PopStore:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         with self._writer.begin() as conn:
+            if self.is_postgresql:  # SQLite: BEGIN IMMEDIATE (_tune_sqlite)
+                conn.execute(select(func.pg_advisory_xact_lock(WRITE_LOCK_KEY)))
             yield conn
 
     @contextmanager
@@ -184,14 +157,19 @@ class PopStore:
 
     # -- schema ---------------------------------------------------------------------------
 
-    def create_schema(self) -> None:
-        """Create the tables if missing (idempotent)."""
+    def create_schema(self) -> tuple[str | None, str]:
+        """Create or upgrade the tables to the newest revision (idempotent, pop/migrate.py);
+        returns the (revision before, revision after)."""
         with self._write() as conn:
-            metadata.create_all(conn)
-            if _get_meta(conn, "schema_version") is None:
-                _set_meta(conn, "schema_version", str(SCHEMA_VERSION))
+            revisions = migrate.upgrade(conn)
             if _get_meta(conn, "next_node_id") is None:
                 _set_meta(conn, "next_node_id", str(FIRST_NODE_ID))
+        return revisions
+
+    def revision_problem(self, upgrade_command: str) -> str | None:
+        """None if the store is at the newest revision, else one line (pop/migrate.py)."""
+        with self._read() as conn:
+            return migrate.revision_problem(conn, upgrade_command)
 
     # -- invitations ------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Alembic migrations of the PoP store (see pop/migrate.py)."""

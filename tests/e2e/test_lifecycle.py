@@ -1,0 +1,147 @@
+"""A member's lifecycle through the real commands: re-tag, revoke, a new identity.
+
+    onprem: master, slave, desktop     aws: aws-web-1, laptop     alibaba: ali-db-1, kiosk
+
+1. `naas apply` gives aws-web-1 a group: every member shows it within 2 s, no re-enrollment.
+2. laptop, reached from desktop only through a relay, is revoked with `naas revoke`:
+   within 5 s no member lists it, its agent says so in one line and stops, a restart of
+   it is refused, a restarted member still refuses it, and a new invitation for the name
+   makes a new identity that everyone reaches.
+3. kiosk is revoked while aws-web-1 and ali-db-1 cannot reach any PoP, and both PoPs stop
+   right after: the revocation reaches them from the other members, and holds when one
+   of them restarts with every PoP down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from conftest import requires_root, running_story
+from naas.daemon.state import client_node_dir
+from naas.lab.story import NETWORK, POPS, Story, enrollment_argv
+
+pytestmark = [pytest.mark.netns, requires_root]
+
+HOSTS = {
+    "master": "onprem",
+    "slave": "onprem",
+    "desktop": "onprem",
+    "aws-web-1": "aws",
+    "laptop": "aws",
+    "ali-db-1": "alibaba",
+    "kiosk": "alibaba",
+}
+
+
+@pytest.fixture(scope="module")
+def story() -> Iterator[Story]:
+    with running_story(HOSTS) as story:
+        yield story
+
+
+def _until(predicate: Callable[[], bool], limit: float, step: float = 0.1) -> float | None:
+    """Seconds until ``predicate()`` holds, or None after ``limit``."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(step)
+    return None
+
+
+def _peer(story: Story, host: str, name: str) -> dict | None:
+    return next((p for p in story.status(host)["peers"] if p["name"] == name), None)
+
+
+def _admin(story: Story, *args: str) -> str:
+    result = story.naas("master", *args, "--config", str(story.config_path), "--store", story.store_url)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_groups_changed_by_apply_reach_every_member_within_two_seconds(story: Story) -> None:
+    text = story.config_path.read_text()
+    tagged = text.replace('name = "aws-web-1"\n', 'name = "aws-web-1"\ngroups = ["web"]\n')
+    story.config_path.write_text(tagged)
+    out = _admin(story, "apply")
+    assert "~ client aws-web-1: groups [] -> [web]" in out
+    others = [host for host in HOSTS if host != "aws-web-1"]
+
+    def groups_seen() -> dict[str, list[str] | None]:
+        return {host: (_peer(story, host, "aws-web-1") or {}).get("groups") for host in others}
+
+    took = _until(lambda: all(groups == ["web"] for groups in groups_seen().values()), 2.0)
+    assert took is not None, groups_seen()
+    assert story.status("aws-web-1")["node"]["groups"] == ["web"]
+    assert _admin(story, "apply").strip().endswith("no changes")
+
+
+def test_a_revoked_member_is_cut_off_everywhere_and_comes_back_as_a_new_identity(story: Story) -> None:
+    lab = story.lab
+    lab.block("desktop", "laptop")  # desktop reaches laptop through another member
+    assert _until(lambda: (_peer(story, "desktop", "laptop") or {}).get("path", "").startswith("via "), 20)
+    old_id = _peer(story, "desktop", "laptop")["node_id"]
+    out = _admin(story, "revoke", "laptop")
+    assert out.startswith("revoked laptop")
+    others = [host for host in HOSTS if host != "laptop"]
+
+    def everyone_dropped_it() -> bool:
+        for host in others:
+            status = story.status(host)
+            if any(p["name"] == "laptop" for p in status["peers"]):
+                return False
+            if {"node_id": old_id, "name": "laptop"} not in status["document"]["revoked"]:
+                return False
+        return True
+
+    took = _until(everyone_dropped_it, 5.0, step=0.2)
+    assert took is not None, "every member drops laptop within 5 s"
+    node = client_node_dir(story.state_dir("laptop"), NETWORK)
+    assert _until(lambda: not node.pid_path.exists(), 5.0) is not None, "laptop's agent stopped"
+    log = node.log_path.read_text()
+    assert sum("is revoked from network" in line for line in log.splitlines()) == 1, log[-2000:]
+    again = story.naas("laptop", "up", "--network", NETWORK)
+    assert again.returncode != 0 and "revoked" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+    assert story.naas("desktop", "down", "--network", NETWORK).returncode == 0
+    assert story.naas("desktop", "up", "--network", NETWORK).returncode == 0
+    time.sleep(2)
+    status = story.status("desktop")
+    assert all(p["name"] != "laptop" for p in status["peers"])
+    assert status["document"]["revoked"] == [{"node_id": old_id, "name": "laptop"}]
+
+    lab.unblock("desktop", "laptop")
+    url = story.invite("laptop")["laptop"]
+    enrolled = story.run(
+        "laptop",
+        enrollment_argv("-", "--force", "--state-dir", str(story.state_dir("laptop"))),
+        input=url + "\n",
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    new_id = story.status("laptop")["node"]["node_id"]
+    assert new_id != old_id, "a new identity"
+    assert _until(lambda: (_peer(story, "desktop", "laptop") or {}).get("node_id") == new_id, 15) is not None
+    assert story.ping("desktop", story.overlay_ip("laptop"), count=3) is not None
+
+
+def test_revocation_spreads_between_members_with_the_pops_gone(story: Story) -> None:
+    lab = story.lab
+    for far in ("aws-web-1", "ali-db-1"):
+        for pop in POPS:
+            lab.block(far, pop)
+    kiosk_id = _peer(story, "desktop", "kiosk")["node_id"]
+    _admin(story, "revoke", "kiosk")
+    for pop in POPS:
+        story.stop_pop(pop)
+    far_hosts = ("aws-web-1", "ali-db-1")
+    took = _until(lambda: all(_peer(story, h, "kiosk") is None for h in far_hosts), 5.0, step=0.2)
+    assert took is not None, "the members passed the revocation on"
+    assert story.naas("ali-db-1", "down", "--network", NETWORK).returncode == 0
+    assert story.naas("ali-db-1", "up", "--network", NETWORK).returncode == 0
+    time.sleep(3)
+    status = story.status("ali-db-1")
+    assert all(p["name"] != "kiosk" for p in status["peers"])
+    assert {"node_id": kiosk_id, "name": "kiosk"} in status["document"]["revoked"]
