@@ -363,3 +363,13 @@ def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
     """A fresh, empty database of the session's cluster, dropped after the test."""
     with postgres_cluster.fresh_database() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A PoP store's URL, once per backend: a SQLite file, or a fresh database of the
+    session's PostgreSQL cluster (the store tests run on both)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'pop.db'}"
+    postgres_url: str = request.getfixturevalue("postgres_url")
+    return postgres_url

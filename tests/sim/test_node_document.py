@@ -60,6 +60,10 @@ def test_revocation_reaches_every_member_within_two_seconds_and_cuts_the_member_
         m1 = next(member for member in view.members if member.name == "m1")
         assert m1.groups == ("db", "web"), f"{node.name} sees m1 in {m1.groups}"
     assert m5.core.revoked, "the revoked member learned it was revoked (its agent stops)"
+    pop_view = sim.nodes["pop-a"].core.topology(sim.now)
+    assert {m.name: m.document_version for m in pop_view.members[1:]} == {
+        name: 1 for name in everyone if name not in ("pop-a", "m5")
+    }, "the PoP knows which version each member holds"
 
 
 def test_a_revoked_member_is_refused_handshakes_and_relaying() -> None:

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
+from alembic import command as alembic_command
 
 from naas.cli.common import AgentOptions, CliError, add_agent_options
 from naas.cli.main import enrollment_main, run
 from naas.control import setup
+from naas.pop import migrate
+from naas.pop.store import PopStore, sqlite_url
 
 CONFIG = """
 [network]
@@ -273,3 +277,22 @@ def test_enrollment_reads_the_url_from_a_private_file(
     assert code == 2
     assert err == f"naas: --url-file: {url_file} is open to other users (mode 0644): chmod 600 it\n"
     assert not (tmp_path / "s").exists()
+
+
+def test_an_out_of_date_store_is_refused_with_the_command_that_upgrades_it(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    assert _run(capsys, "init", "--config", str(config), "--state-dir", str(state))[0] == 0
+    store = PopStore(sqlite_url(state / "net" / "pop.db"))
+    with store.engine.begin() as conn:  # back to the first revision, as an older NaaS left it
+        alembic_command.downgrade(migrate._config(conn), "0001")
+    store.close()
+    code, _, err = _run(capsys, "invite", "--config", str(config), "--state-dir", str(state))
+    assert code == 1 and "naas db upgrade" in err and len(err.strip().splitlines()) == 1, err
+    code, out, _ = _run(capsys, "db", "upgrade", "--config", str(config), "--state-dir", str(state))
+    assert code == 0 and f"upgraded from revision 0001 to {migrate.head_revision()}" in out
+    code, out, err = _run(capsys, "apply", "--config", str(config), "--state-dir", str(state))
+    assert code == 0, err
+    code, out, err = _run(capsys, "invite", "--config", str(config), "--state-dir", str(state), "--json")
+    assert code == 0 and json.loads(out)[0]["client"] == "desktop", err

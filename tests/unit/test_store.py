@@ -105,13 +105,10 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "pop.db"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The store's URL: a SQLite file, or a fresh database of the PostgreSQL cluster."""
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path / "state" / "pop.db")
-    postgres_url: str = request.getfixturevalue("postgres_url")
-    return postgres_url
+@pytest.fixture
+def url(store_url: str) -> str:
+    """The store's URL, once per backend (tests/pg.py)."""
+    return store_url
 
 
 @pytest.fixture

@@ -74,6 +74,8 @@ from naas.model.codec import CodecError, b64e, certificate_from_bytes_untrusted,
 from naas.model.document import DocumentError, NetworkDocument, Revocation, parse_document_untrusted
 from naas.model.ids import BROADCAST_MAC, Endpoint
 from naas.model.network import MemberRecord
+from naas.pop.api import ROUTES_BY_OPERATION, ApiError, parse_body_untrusted
+from naas.pop.api_schema import ApplyRequest
 from naas.pop.invitations import (
     PIN_PREFIX,
     InvitationError,
@@ -286,6 +288,13 @@ URLS = [
     build_url("test-net", [(Endpoint("192.0.2.1", 8443), PIN), (Endpoint("2001:db8::1", 443), PIN)], TOKEN),
 ]
 ENROLLMENT = SimpleNamespace(_config=SimpleNamespace(name="test-net"))  # all the parser reads of self
+API_APPLY_BODIES = [
+    {
+        "clients": [{"name": "web", "ip": "10.0.0.5", "groups": ["a", "b"]}, {"name": "db"}],
+        "prune": True,
+        "settings": {"name": "test-net", "subnet": "10.0.0.0/16", "mesh_port": 5640, "pops": []},
+    }
+]
 ENROLL_BODIES = [
     {
         "network": "test-net",
@@ -385,6 +394,12 @@ CASES: dict[str, Case] = {
         ),
         (InvitationError,),
     ),
+    "naas.pop.api.parse_body_untrusted": Case(  # the REST API's biggest body: POST /v1/apply
+        functools.partial(parse_body_untrusted, ROUTES_BY_OPERATION["apply"]),
+        json_inputs(API_APPLY_BODIES),
+        (ApiError,),
+        (ApplyRequest,),
+    ),
     "naas.pop.server.EnrollmentService._parse_request_untrusted": Case(
         functools.partial(EnrollmentService._parse_request_untrusted, ENROLLMENT),  # type: ignore[arg-type]
         json_inputs(ENROLL_BODIES),
@@ -478,6 +493,7 @@ def test_the_valid_messages_parse(name: str) -> None:
         "naas.model.document.parse_document_untrusted": [d.body for d in DOCUMENTS],
         "naas.core.network_document.open_document_untrusted": [d.body for d in DOCUMENTS],
         "naas.core.network_document.unpack_from_mesh_untrusted": [pack_for_mesh(d.body) for d in DOCUMENTS],
+        "naas.pop.api.parse_body_untrusted": [json.dumps(body).encode() for body in API_APPLY_BODIES],
         "naas.pop.server.EnrollmentService._parse_request_untrusted": [
             json.dumps(body).encode() for body in ENROLL_BODIES
         ],

@@ -345,7 +345,7 @@ def format_status(status: dict[str, Any]) -> str:
         f"{node['ip'] or 'layer 2 only'}, mtu {node['mtu']})",
         "",
     ]
-    header = ("MEMBER", "ROLE", "OVERLAY IP", "PATH", "ENDPOINT", "RTT", "RX", "TX")
+    header = ("MEMBER", "ROLE", "OVERLAY IP", "GROUPS", "PATH", "ENDPOINT", "RTT", "RX", "TX")
     rows = [header]
     for peer in status["peers"]:
         rtt = f"{peer['rtt_ms']:.2f} ms" if peer["rtt_ms"] is not None else "-"
@@ -354,6 +354,7 @@ def format_status(status: dict[str, Any]) -> str:
                 peer["name"],
                 "pop" if peer["pop"] else "member",
                 peer["ip"] or "-",
+                ",".join(peer.get("groups", [])) or "-",
                 peer["path"],
                 peer["endpoint"] or "-",
                 rtt,
@@ -363,6 +364,11 @@ def format_status(status: dict[str, Any]) -> str:
         )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     lines += ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    document = status.get("document", {})
+    if document.get("version"):
+        revoked = ", ".join(f"{r['name']} (node {r['node_id']})" for r in document.get("revoked", []))
+        said = f"network document version {document['version']}"
+        lines += ["", f"{said}; revoked: {revoked}" if revoked else said]
     drops = {k: v for k, v in status.get("drops", {}).items() if v}
     if drops:
         lines += ["", "dropped: " + ", ".join(f"{k}={v}" for k, v in drops.items())]

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from naas.core.constants import GOSSIP_INTERVAL, MAX_MEMBERS_PER_GOSSIP
+from naas.core.constants import GOSSIP_INTERVAL, MAX_CONTROL_BYTES, MAX_MEMBERS_PER_GOSSIP
 from naas.core.control_messages import (
     MAX_DIGEST_ENTRIES,
     ControlMessage,
@@ -117,28 +117,33 @@ class MembershipSync:
     def own_certificate_changed(self, certificate: Certificate, now: float) -> None:
         """Our certificate was renewed: announce it like a new document."""
         self._own_certificate = certificate
-        self.document_changed(now)
+        self.document_changed(now)  # the same announcement: our entry of the table changed
 
-    def document_changed(self, now: float, exclude: int | None = None) -> None:
+    def document_changed(self, now: float) -> None:
         """We hold a newer network document: say so, hash first, to every member with a
-        session (but ``exclude``, who sent it); those that lack it ask with a digest."""
+        session; those that lack it ask with a digest, those that have it (the one that
+        sent it, say) now know that we do (``Peer.document_version``)."""
         self.table_changed()
         announcement = MembersSum(self.summary())
-        for peer in self._session_peers(now):
-            if peer.node_id != exclude:
-                self._send_control(peer, announcement, now)
+        for peer in self._session_peers(now):  # ``exclude`` too: it learns that we have it
+            self._send_control(peer, announcement, now)
 
     def send_document(self, peer: Peer, now: float) -> None:
         """Send our document to ``peer`` itself (a member being revoked learns it so)."""
         version, body = self._document()
         if version:
-            self._send_control(peer, Document(body), now)
+            inner = encode_control(Document(body))
+            if len(inner) <= MAX_CONTROL_BYTES and peer.send_session(now) is not None:
+                self._send_inner(peer, inner, now)  # (a larger one would be refused: protocol.md §12)
 
     def message_received(self, sender: Peer, message: MembershipMessage, now: float) -> None:
         if isinstance(message, MembersSum):
             if message.hash != self.summary():
                 self._send_control(sender, MembersDigest(tuple(self.versions()[:MAX_DIGEST_ENTRIES])), now)
+            else:  # the same table: the same document
+                sender.document_version = self._document()[0]
         else:
+            sender.document_version = dict(message.versions).get(DOCUMENT_NODE, 0)
             self._digest_received(sender, message, now)
 
     def timer_fired(self, now: float) -> float:

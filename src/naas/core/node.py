@@ -194,6 +194,7 @@ class NodeCore(Handshakes):
         )
         self.routes = self.link_state.routes  # the same object (status, simulator, tests)
         self.document: NetworkDocument | None = None
+        self.document_applied_at = 0.0
         self._revoked: frozenset[int] = frozenset()
         self.revoked = False  # this member is revoked: the driver stops
         self.membership = MembershipSync(
@@ -430,15 +431,18 @@ class NodeCore(Handshakes):
         if self.document is not None and document.version <= self.document.version:
             return False
         self.document = document
+        self.document_applied_at = now + self._wall_offset  # wall clock, for status
         self._events.append(NodeEvent("document", 0, "", f"version={document.version}"))
         newly_revoked = document.revoked_ids - self._revoked
         self._revoked = document.revoked_ids
-        self.membership.document_changed(now, exclude=source.node_id if source is not None else None)
         for node in sorted(newly_revoked):
             peer = self.peers.get(node)
             if peer is not None:
                 self.membership.send_document(peer, now)  # before its session goes: it learns why
                 self._remove_member(peer, now)
+        if source is not None and source.node_id not in self._revoked:
+            source.document_version = document.version
+        self.membership.document_changed(now)  # the table without the revoked: peers compare it
         if self.node_id in self._revoked and not self.revoked:
             self.revoked = True
             self._events.append(NodeEvent("revoked", self.node_id, self.identity.certificate.name))
@@ -620,6 +624,7 @@ class NodeCore(Handshakes):
                     rx_lost=stats.rx_lost,
                     superframes_cut=peer.tx_adaptation.cutting(now),
                     groups=self.groups_of(peer.certificate),
+                    document_version=peer.document_version,
                 )
             )
         return Topology(
@@ -633,6 +638,7 @@ class NodeCore(Handshakes):
             relayed_bytes=self.relayed_bytes,
             learned_macs=len(self.mac_table),
             document_version=self.document.version if self.document is not None else 0,
+            document_applied_at=round(self.document_applied_at, 3),
             revoked=tuple((r.node_id, r.name) for r in self.document.revoked) if self.document else (),
         )
 

@@ -69,6 +69,7 @@ class Peer:
     direct_up: bool = False  # our probes to its endpoint are answered (see NodeCore)
     relayed_via: int | None = None  # next hop while the direct link is down
     standing_score: float = 0.0  # core/standing.py: a standing link if below the threshold
+    document_version: int = 0  # of the network document it holds, as far as we know (0: unknown)
     active_until: float = float("-inf")  # frames flowed recently: keep an on-demand link until then
     stats: LinkStats = field(default_factory=LinkStats)
     rx_loss: ReceiveLoss = field(default_factory=ReceiveLoss)  # what to report to it (core/loss.py)

@@ -71,6 +71,7 @@ class MemberView:
     rx_lost: int = 0  # its messages that never arrived (core/loss.py)
     superframes_cut: bool = False  # super-frames to it are cut into smaller ones: a lossy link
     groups: tuple[str, ...] = ()  # the network document's, else its certificate's
+    document_version: int = 0  # of the network document it holds, as far as we know (0: unknown)
 
     @property
     def path(self) -> str:
@@ -99,6 +100,7 @@ class Topology:
     relayed_bytes: int = 0
     learned_macs: int = 0
     document_version: int = 0  # of the network document held; 0: none yet
+    document_applied_at: float = 0.0  # when this member took it (Unix seconds, its clock)
     revoked: tuple[tuple[int, str], ...] = ()  # (node id, name) the document revokes
 
     @property
@@ -128,6 +130,7 @@ class Topology:
             },
             "document": {
                 "version": self.document_version,
+                "applied_at": self.document_applied_at,
                 "revoked": [{"node_id": node, "name": name} for node, name in self.revoked],
             },
             "peers": peers,
@@ -200,6 +203,7 @@ class Topology:
                 relayed_bytes=_int(relayed.get("bytes", 0), "relayed.bytes"),
                 learned_macs=_int(data.get("learned_macs", 0), "learned_macs"),
                 document_version=_int(document.get("version", 0), "document.version"),
+                document_applied_at=_unix_time(document.get("applied_at", 0.0), "document.applied_at"),
                 revoked=tuple(
                     (_int(r["node_id"], "document.revoked.node_id"), _str(r["name"], "document.revoked.name"))
                     for r in revoked
@@ -237,6 +241,7 @@ def _member(row: Any, where: str) -> MemberView:
         rx_lost=_int(row.get("rx_lost", 0), f"{where}.rx_lost"),
         superframes_cut=_bool(row.get("superframes_cut", False), f"{where}.superframes_cut"),
         groups=_groups(row.get("groups", []), f"{where}.groups"),
+        document_version=_int(row.get("document_version", 0), f"{where}.document_version"),
     )
 
 
@@ -255,6 +260,12 @@ def _int(value: Any, where: str) -> int:
 def _float(value: Any, where: str) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1e9:
         raise TopologyError(f"{where}: not a number")
+    return float(value)
+
+
+def _unix_time(value: Any, where: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1e11:
+        raise TopologyError(f"{where}: not a time")
     return float(value)
 
 

@@ -21,8 +21,8 @@ what is documented is what is checked. A request, in order::
     -> the answer model as JSON, with route.status; a ControlError -> its .status
 
 Every error is ``{"error": "<one line>"}``. The token is never logged: a request is
-logged with its operation, path template, status and role (writes at INFO, reads at
-DEBUG). ``/v1/health`` is served by pop/server.py and only documented here.
+logged with its operation, path template, status, role, PoP and peer (writes at INFO,
+reads at DEBUG). ``/v1/health`` is served by pop/server.py and only documented here.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from naas.control import members
 from naas.control.errors import ControlError, NotFound
 from naas.control.network import PopNetwork
 from naas.core.topology import Topology
+from naas.model.config import is_valid_name
 from naas.model.document import parse_document_untrusted
 from naas.pop.api_schema import (
     JSON_TYPE,
@@ -438,8 +439,8 @@ class RestApi:
             answer = await self._answer(route, request)
             response = web.json_response(answer.model_dump(mode="json"), status=route.status)
         except ApiError as exc:
-            close = exc.status in (401, 403, 408, 413, 415, 429) and route.body is not None
-            response = error_response(exc.status, str(exc), close=close)
+            unread = not request.content.is_eof()  # aiohttp closes such a connection: say so
+            response = error_response(exc.status, str(exc), close=unread)
             if exc.status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="naas"'
             elif exc.status == 429:
@@ -452,16 +453,18 @@ class RestApi:
         except Exception:
             log.exception("api request failed operation=%s", route.operation)
             response = error_response(500, "internal error")
-        params = "".join(f" {k}={v}" for k, v in request.match_info.items() if k == "name" and len(v) < 64)
+        name = request.match_info.get("name", "")
+        named = f" name={_one_line(name)}" if is_valid_name(name) else ""  # never a token: it has "_"
         level = logging.DEBUG if route.method == "GET" else logging.INFO
         log.log(
             level,
-            "api operation=%s path=%s%s status=%d role=%s peer=%s",
+            "api operation=%s path=%s%s status=%d role=%s pop=%s peer=%s",
             route.operation,
             route.path,
-            _one_line(params, 80),
+            named,
             response.status,
             role,
+            self._pop_name,
             request.remote,
         )
         return response
