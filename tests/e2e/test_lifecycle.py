@@ -3,6 +3,7 @@
     onprem: master, slave, desktop     aws: aws-web-1, laptop     alibaba: ali-db-1, kiosk
 
 1. `naas apply` gives aws-web-1 a group: every member shows it within 2 s, no re-enrollment.
+   An admin on desktop lists the members, makes a client and invites it at master's API.
 2. laptop, reached from desktop only through a relay, is revoked with `naas revoke`:
    within 5 s no member lists it, its agent says so in one line and stops, a restart of
    it is refused, a restarted member still refuses it, and a new invitation for the name
@@ -14,6 +15,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -21,7 +24,7 @@ import pytest
 
 from conftest import requires_root, running_story
 from naas.daemon.state import client_node_dir
-from naas.lab.story import NETWORK, POPS, Story, enrollment_argv
+from naas.lab.story import NETWORK, POPS, Story, enrollment_argv, naas_argv
 
 pytestmark = [pytest.mark.netns, requires_root]
 
@@ -99,6 +102,34 @@ def test_groups_changed_by_apply_reach_every_member_within_two_seconds(story: St
     assert all(groups == ["web"] for groups in groups_seen.values()), groups_seen
     assert story.status("aws-web-1")["node"]["groups"] == ["web"]
     assert _admin(story, "apply").strip().endswith("no changes")
+
+
+def test_an_admin_on_another_machine_works_at_a_pops_api(story: Story) -> None:
+    tokens = {}
+    for role in ("admin", "read"):
+        lines = _admin(story, "token", "create", "--role", role, "--name", f"e2e-{role}").splitlines()
+        tokens[role] = lines[0]
+    pin = next(word for word in lines[1].split() if word.startswith("sha256:"))
+    api = ["--api", f"https://{story.lab.host('master').address}:5641", "--pin", pin]
+
+    def at_the_api(role: str, *args: str) -> subprocess.CompletedProcess[str]:  # from desktop, a client
+        env = f"NAAS_API_TOKEN={tokens[role]}"
+        return story.run("desktop", ["env", env, *naas_argv(*args, *api)])
+
+    listed = at_the_api("read", "members", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {m["name"]: m for m in json.loads(listed.stdout)["members"]}
+    assert rows["desktop"]["reach"] == "direct" and rows["master"]["reach"] == "self"
+    assert rows["desktop"]["document_version"] == json.loads(listed.stdout)["document_version"]
+    refused = at_the_api("read", "revoke", "kiosk")
+    assert refused.returncode == 2 and "admin" in refused.stderr, refused.stderr
+    created = at_the_api("admin", "clients", "--create", "spare-1", "--groups", "web")
+    assert created.returncode == 0, created.stderr
+    invited = at_the_api("admin", "invite", "--client", "spare-1", "--json")
+    assert invited.returncode == 0 and json.loads(invited.stdout)[0]["url"].startswith("naas://")
+    wrong_pin = story.run("desktop", ["env", f"NAAS_API_TOKEN={tokens['admin']}", *naas_argv(
+        "members", "--api", api[1], "--pin", "sha256:" + "A" * 43)])
+    assert wrong_pin.returncode == 1 and "pin" in wrong_pin.stderr and tokens["admin"] not in wrong_pin.stderr
 
 
 def test_a_revoked_member_is_cut_off_everywhere_and_comes_back_as_a_new_identity(story: Story) -> None:

@@ -384,7 +384,7 @@ def test_members_show_what_the_pops_agent_sees(lab: ApiLab) -> None:
             MemberView(master.node_id, "master", True, "10.32.0.1", "02:00:00:00:00:01", Reach.SELF),
             MemberView(
                 cert.node_id, "web", False, "10.32.1.10", "02:00:00:00:00:03", Reach.DIRECT,
-                endpoint="198.51.100.7:5640", rtt_ms=1.5,
+                endpoint="198.51.100.7:5640", rtt_ms=1.5, document_version=1,
             ),
         ),
         links=(),
@@ -396,6 +396,7 @@ def test_members_show_what_the_pops_agent_sees(lab: ApiLab) -> None:
     assert rows["web"] == {
         "name": "web", "node_id": cert.node_id, "ip": "10.32.1.10", "groups": ["frontend"], "is_pop": False,
         "not_after": cert.not_after, "reach": "direct", "rtt_ms": 1.5, "endpoint": "198.51.100.7:5640",
+        "document_version": 1,
     }  # fmt: skip
     assert listing["agent_document_version"] == 1
     assert lab.http("GET", "/v1/members/web").body == rows["web"]
@@ -570,7 +571,7 @@ def test_cli_clients_and_members_at_the_api(lab: ApiLab, capsys: pytest.CaptureF
     assert code == 0 and out.startswith("revoked web (node "), err
     code, out, _ = lab.cli(capsys, "members")
     assert "revoked: web (node" in out and out.splitlines()[0].split() == [
-        "NAME", "NODE", "IP", "GROUPS", "KIND", "REACH", "RTT",
+        "NAME", "NODE", "IP", "GROUPS", "KIND", "REACH", "RTT", "DOCUMENT",
     ]  # fmt: skip
     code, _, err = lab.cli(capsys, "revoke", "web")
     assert (code, err) == (2, "naas: 'web' is already revoked\n")
@@ -638,7 +639,7 @@ def test_cli_api_errors_and_options(
     lab: ApiLab, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code = run(["clients", "--create", "kiosk", "--api", lab.url, "--token", lab.reader, "--pin", lab.pin])
-    assert (code, capsys.readouterr().err) == (2, "naas: a read token may not add a client\n")
+    assert (code, capsys.readouterr().err) == (2, "naas: a read token may not add a client (this needs an admin token)\n")
     code = run(["clients", "--api", lab.url, "--token", "naas_nope", "--pin", lab.pin])
     assert (code, capsys.readouterr().err) == (2, "naas: the token is not valid here\n")
     for name, value in [("NAAS_API", lab.url), ("NAAS_API_TOKEN", lab.admin), ("NAAS_API_PIN", lab.pin)]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from naas.model.config import ConfigError, load_config, parse_config
+from naas.model.config import ConfigError, is_valid_name, load_config, parse_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "naas.toml"
 
@@ -99,3 +99,9 @@ def test_dhcp_range_needs_a_subnet() -> None:
     text = BASE.replace('subnet = "10.20.0.0/16"\n', "")
     with pytest.raises(ConfigError, match=r"network.dhcp_range: needs network.subnet"):
         parse_config(text)
+
+
+def test_a_name_is_the_whole_text() -> None:
+    assert is_valid_name("aws-web-1") and is_valid_name("a")
+    for bad in ("abc\n", "", "-a", "a-", "A", "a b", "a" * 64, "é"):
+        assert not is_valid_name(bad), repr(bad)

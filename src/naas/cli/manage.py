@@ -188,10 +188,11 @@ def cmd_members(args: argparse.Namespace) -> int:
                 "pop" if m["is_pop"] else "client",
                 m["reach"] or "-",
                 "-" if m["rtt_ms"] is None else f"{m['rtt_ms']:.1f} ms",
+                "-" if m.get("document_version") is None else str(m["document_version"]),
             )
             for m in answer["members"]
         ]
-        _table(("NAME", "NODE", "IP", "GROUPS", "KIND", "REACH", "RTT"), rows)
+        _table(("NAME", "NODE", "IP", "GROUPS", "KIND", "REACH", "RTT", "DOCUMENT"), rows)
         for revoked in answer["revoked"]:
             say(f"revoked: {revoked['name']} (node {revoked['node_id']})")
         held = answer["agent_document_version"]

@@ -291,4 +291,4 @@ def _check(model: _ConfigFile, source: str) -> NetworkConfig:
 
 
 def is_valid_name(text: str) -> bool:
-    return bool(_NAME_RE.match(text))
+    return isinstance(text, str) and _NAME_RE.fullmatch(text) is not None  # "$" would allow "abc\n"

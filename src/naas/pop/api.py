@@ -173,6 +173,7 @@ def _members(call: Call, only: str | None = None) -> MemberList:
                 reach=None if view is None else view.reach.value,
                 rtt_ms=None if view is None else view.rtt_ms,
                 endpoint=None if view is None else view.endpoint,
+                document_version=None if view is None or not view.document_version else view.document_version,
             )
         )
     return MemberList(
@@ -484,7 +485,8 @@ class RestApi:
                 raise ApiError(401, "the token is not valid here")
             raise ApiError(401, "missing Authorization: Bearer <token> (`naas token create` makes one)")
         if route.role == "admin" and role != "admin":
-            raise ApiError(403, f"a {role} token may not {route.summary}")
+            summary = route.summary.partition(":")[0].partition(";")[0]
+            raise ApiError(403, f"a {role} token may not {summary} (this needs an admin token)")
         return role
 
     async def _answer(self, route: Route, request: web.Request) -> BaseModel:

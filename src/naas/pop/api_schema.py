@@ -164,6 +164,7 @@ class Member(BaseModel):
     reach: str | None  # as this PoP's own agent sees it (core/topology.py); None: not known
     rtt_ms: float | None
     endpoint: str | None
+    document_version: int | None  # of the network document it holds, as this PoP's agent knows it
 
 
 class RevokedMember(BaseModel):
