@@ -639,7 +639,8 @@ def test_cli_api_errors_and_options(
     lab: ApiLab, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code = run(["clients", "--create", "kiosk", "--api", lab.url, "--token", lab.reader, "--pin", lab.pin])
-    assert (code, capsys.readouterr().err) == (2, "naas: a read token may not add a client (this needs an admin token)\n")
+    refusal = "naas: a read token may not add a client (this needs an admin token)\n"
+    assert (code, capsys.readouterr().err) == (2, refusal)
     code = run(["clients", "--api", lab.url, "--token", "naas_nope", "--pin", lab.pin])
     assert (code, capsys.readouterr().err) == (2, "naas: the token is not valid here\n")
     for name, value in [("NAAS_API", lab.url), ("NAAS_API_TOKEN", lab.admin), ("NAAS_API_PIN", lab.pin)]:
