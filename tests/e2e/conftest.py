@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,14 +55,19 @@ def teardown_story(lab: Lab, story: Story) -> None:
 
 @contextlib.contextmanager
 def running_story(
-    hosts: dict[str, str] | None = None, *, layer3: bool = True, enroll: tuple[str, ...] | None = None
+    hosts: dict[str, str] | None = None,
+    *,
+    layer3: bool = True,
+    enroll: tuple[str, ...] | None = None,
+    **config: Any,
 ) -> Iterator[Story]:
-    """A story with its PoPs up and ``enroll`` clients enrolled (None: all of them)."""
+    """A story with its PoPs up and ``enroll`` clients enrolled (None: all of them);
+    ``config``: options of its naas.toml (lab/story.py config_text)."""
     if not _can_build_labs():
         pytest.skip("needs root, ip and /dev/net/tun")
     lab, story = build_story(layer3=layer3, hosts=hosts)
     try:
-        story.write_config()
+        story.write_config(**config)
         story.init()
         for pop in ("master", "slave"):
             story.start_pop(pop)

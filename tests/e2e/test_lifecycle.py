@@ -1,14 +1,20 @@
-"""A member's lifecycle through the real commands: re-tag, revoke, a new identity.
+"""A member's lifecycle through the real commands: re-tag, revoke, a new identity, and
+certificates that live one minute.
 
     onprem: master, slave, desktop     aws: aws-web-1, laptop     alibaba: ali-db-1, kiosk
+    (and spare, onprem)                certificate_lifetime = "1m": everyone renews
 
-1. `naas apply` gives aws-web-1 a group: every member shows it within 2 s, no re-enrollment.
-   An admin on desktop lists the members, makes a client and invites it at master's API.
+1. `naas apply` gives aws-web-1 a group: every member takes the document within 2 s, no
+   re-enrollment. An admin on desktop lists the members, makes a client and invites it
+   at master's API. desktop renews on demand (`naas renew`); spare stops.
 2. laptop, reached from desktop only through a relay, is revoked with `naas revoke`:
    within 5 s no member lists it, its agent says so in one line and stops, a restart of
    it is refused, a restarted member still refuses it, and a new invitation for the name
    makes a new identity that everyone reaches.
-3. kiosk is revoked while aws-web-1 and ali-db-1 cannot reach any PoP, and both PoPs stop
+3. By then every first certificate has expired: desktop and the PoPs renewed theirs by
+   themselves, the mesh still pings, and spare, whose certificate expired while it was
+   off, says so in one line when it starts.
+4. kiosk is revoked while aws-web-1 and ali-db-1 cannot reach any PoP, and both PoPs stop
    right after: the revocation reaches them from the other members, and holds when one
    of them restarts with every PoP down.
 """
@@ -36,13 +42,22 @@ HOSTS = {
     "laptop": "aws",
     "ali-db-1": "alibaba",
     "kiosk": "alibaba",
+    "spare": "onprem",
 }
+LIFETIME = 60  # s: certificate_lifetime = "1m"
+MESH = [host for host in HOSTS if host != "spare"]  # spare stops early (test 1)
+STOPPED: dict[str, float] = {}  # host -> when its agent was stopped
+FIRST_NOT_AFTER: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")
 def story() -> Iterator[Story]:
-    with running_story(HOSTS) as story:
+    with running_story(HOSTS, certificate_lifetime="1m") as story:
         yield story
+
+
+def _certificate(story: Story, host: str) -> dict:
+    return story.status(host)["agent"]["certificate"]
 
 
 def _until(predicate: Callable[[], bool], limit: float, step: float = 0.1) -> float | None:
@@ -91,13 +106,13 @@ def test_groups_changed_by_apply_reach_every_member_within_two_seconds(story: St
     out = _admin(story, "apply")
     after = time.time()
     assert "~ client aws-web-1: groups [] -> [web]" in out
-    applied = _applied(story, list(HOSTS), version + 1, 10.0)
-    assert len(applied) == len(HOSTS), applied
+    applied = _applied(story, MESH, version + 1, 10.0)
+    assert len(applied) == len(MESH), applied
     last = max(applied.values())
     print(f"groups: every member took the document {last - after:.2f} s after `naas apply` returned"
           f" ({last - before:.2f} s after it started)")
     assert last - after <= 2.0
-    others = [host for host in HOSTS if host != "aws-web-1"]
+    others = [host for host in MESH if host != "aws-web-1"]
     groups_seen = {host: (_peer(story, host, "aws-web-1") or {}).get("groups") for host in others}
     assert all(groups == ["web"] for groups in groups_seen.values()), groups_seen
     assert story.status("aws-web-1")["node"]["groups"] == ["web"]
@@ -132,6 +147,20 @@ def test_an_admin_on_another_machine_works_at_a_pops_api(story: Story) -> None:
     assert wrong_pin.returncode == 1 and "pin" in wrong_pin.stderr and tokens["admin"] not in wrong_pin.stderr
 
 
+def test_a_member_renews_its_certificate_on_demand(story: Story) -> None:
+    assert story.naas("spare", "down", "--network", NETWORK).returncode == 0
+    STOPPED["spare"] = time.time()
+    first = _certificate(story, "desktop")
+    FIRST_NOT_AFTER["desktop"] = first["not_after"]
+    assert first["not_after"] - time.time() <= LIFETIME
+    forced = story.naas("desktop", "renew", "--network", NETWORK)
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.startswith("certificate renewed: valid until")
+    renewed = _certificate(story, "desktop")
+    assert renewed["not_after"] > first["not_after"] and renewed["renewals"] >= 1
+    FIRST_NOT_AFTER["desktop-renewed"] = renewed["not_after"]
+
+
 def test_a_revoked_member_is_cut_off_everywhere_and_comes_back_as_a_new_identity(story: Story) -> None:
     lab = story.lab
     lab.block("desktop", "laptop")  # desktop reaches laptop through another member
@@ -142,7 +171,7 @@ def test_a_revoked_member_is_cut_off_everywhere_and_comes_back_as_a_new_identity
     out = _admin(story, "revoke", "laptop")
     after = time.time()
     assert out.startswith("revoked laptop")
-    others = [host for host in HOSTS if host != "laptop"]
+    others = [host for host in MESH if host != "laptop"]
     applied = _applied(story, others, version + 1, 10.0)
     last = max(applied.values())
     print(f"revocation: every member took the document {last - after:.2f} s after `naas revoke` returned"
@@ -185,6 +214,24 @@ def test_a_revoked_member_is_cut_off_everywhere_and_comes_back_as_a_new_identity
     assert new_id != old_id, "a new identity"
     assert _until(lambda: (_peer(story, "desktop", "laptop") or {}).get("node_id") == new_id, 15) is not None
     assert story.ping("desktop", story.overlay_ip("laptop"), count=3) is not None
+
+
+def test_members_and_pops_renew_by_themselves_and_the_mesh_outlives_the_first_certificates(
+    story: Story,
+) -> None:
+    _until(lambda: time.time() > FIRST_NOT_AFTER["desktop"] + 2, LIFETIME + 5, step=1)
+    now = _certificate(story, "desktop")  # (desktop's agent restarted in between: its counter too)
+    assert now["not_after"] > FIRST_NOT_AFTER["desktop-renewed"], "desktop renewed by itself at 2/3"
+    assert now["not_after"] > time.time()
+    for pop in POPS:
+        assert _certificate(story, pop)["renewals"] >= 1, f"{pop} renewed its own certificate"
+    assert story.ping("desktop", story.overlay_ip("master"), count=3) is not None
+    assert story.ping("ali-db-1", story.overlay_ip("desktop"), count=3) is not None
+    _until(lambda: time.time() > STOPPED["spare"] + LIFETIME + 2, LIFETIME + 5, step=1)
+    started = story.naas("spare", "up", "--network", NETWORK)
+    assert started.returncode != 0
+    lines = started.stderr.strip().splitlines()
+    assert len(lines) == 1 and "expired" in lines[0] and "new invitation" in lines[0], started.stderr
 
 
 def test_revocation_spreads_between_members_with_the_pops_gone(story: Story) -> None:

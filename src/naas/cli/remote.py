@@ -37,8 +37,14 @@ from naas.cli.admin import opened_network
 from naas.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, BadInput, CliError
 from naas.control.network import PopNetwork
 from naas.pop.api import ROUTES_BY_OPERATION, ApiError, call_in_process
-from naas.pop.client import DEFAULT_TIMEOUT, MAX_ANSWER_BYTES, client_ssl_context
-from naas.pop.invitations import PIN_PREFIX, is_well_formed_pin, spki_pin
+from naas.pop.client import (
+    DEFAULT_TIMEOUT,
+    MAX_ANSWER_BYTES,
+    client_ssl_context,
+    describe_failure,
+    pin_or_none,
+)
+from naas.pop.invitations import PIN_PREFIX, is_well_formed_pin
 
 ENV_API = "NAAS_API"
 ENV_TOKEN = "NAAS_API_TOKEN"
@@ -127,9 +133,10 @@ class RemoteApi:
             try:
                 connection.connect()
             except (OSError, ssl.SSLError) as exc:
-                raise CliError(f"cannot reach the API at {self.url}: {_describe(exc)}") from None
+                raise CliError(f"cannot reach the API at {self.url}: {describe_failure(exc)}") from None
             sock = connection.sock
-            seen = _pin_of(sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None)
+            der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+            seen = pin_or_none(der)
             if seen is None or not hmac.compare_digest(seen, self.pin):
                 raise CliError(
                     f"the PoP at {self.url} does not hold the pinned key (expected {self.pin}, got "
@@ -144,27 +151,12 @@ class RemoteApi:
                 response = connection.getresponse()
                 raw = response.read(MAX_ANSWER_BYTES + 1)
             except (OSError, http.client.HTTPException) as exc:
-                raise CliError(f"no answer from the API at {self.url}: {_describe(exc)}") from None
+                raise CliError(f"no answer from the API at {self.url}: {describe_failure(exc)}") from None
         finally:
             connection.close()
         if len(raw) > MAX_ANSWER_BYTES:
             raise CliError(f"the API at {self.url} sent an oversized answer")
         return response.status, raw
-
-
-def _pin_of(der: bytes | None) -> str | None:
-    try:
-        return spki_pin(der) if der else None
-    except ValueError:
-        return None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def parse_api_url(text: str) -> tuple[str, int]:

@@ -110,7 +110,7 @@ from naas.core.wire import (
 from naas.model.ids import MAC_PREFIX, NodeId, mac_for_node
 
 if TYPE_CHECKING:
-    from naas.core.node import LocalIdentity
+    from naas.core.roster import LocalIdentity
 
 _FRAME = bytes((INNER_FRAME,))
 _OFFLOAD_FRAME = bytes((INNER_OFFLOAD_FRAME,))

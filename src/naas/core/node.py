@@ -14,13 +14,13 @@ Theory of operation. The driver feeds events in and drains effects out:
         -> take_events()     [NodeEvent] to log
 
 The data path (frames switched and sealed, datagrams relayed or opened, FRAGMENT pieces
-joined, the offload fast path) is core/datapath.py, and the handshakes (Noise IK
-initiations and responses, cookies under load) are core/handshakes.py; NodeCore
-inherits both. NodeCore owns all the state and sets it up here, and decides who gets a
-session and when. A member with no session to send on gets an initiation, retried
-until answered (its frames wait in a short queue); the peer's certificate, signed by
-the network CA, travels inside the encrypted handshake payload and must match the Noise
-static key.
+joined, the offload fast path) is core/datapath.py, the handshakes (Noise IK
+initiations and responses, cookies under load) core/handshakes.py, and the members
+core/roster.py; NodeCore inherits all three (DataPath <- Handshakes <- Roster). It
+owns all the state and sets it up here, and decides who gets a session and when. A
+member with no session to send on gets an initiation, retried until answered (its
+frames wait in a short queue); the peer's certificate, signed by the network CA,
+travels inside the encrypted handshake payload and must match the Noise static key.
 Control messages (probes, member records, link state) come from the data path.
 
 Two parts live in modules of their own, each given NodeCore's sessions to send on:
@@ -29,15 +29,6 @@ deltas, hash-first anti-entropy) and core/membership_sync.py (``membership``: fl
 changed member records, hash-first anti-entropy). NodeCore keeps what feeds them: it
 measures direct links with probes and says when they change, checks certificates and
 learns members and endpoints, and tells both when a new session is ready.
-
-The network document (model/document.py) is held here: a newer one, from a PoP's store
-or from a member, is checked against the CA and applied at once. A revoked member is
-removed: its sessions, endpoints, addresses and learned MACs go, and its handshakes,
-member records and relayed datagrams are refused from then on (``REVOKED``); it is sent
-the document itself before its session goes, so that it learns why. Groups in the
-document replace a certificate's. A member that finds itself revoked says so
-(``revoked`` event; ``self.revoked``) and the driver stops it.
-
 Anything malformed or unauthenticated from outside is dropped with a DropReason and
 counted (``drops``); it never raises out of an input method. Timers (handshake
 retransmission, rekey, probes that measure RTT and detect dead links, and the two sync
@@ -50,7 +41,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -58,7 +48,6 @@ from naas.core import dhcp
 from naas.core.constants import (
     LINK_DOWN_AFTER_MISSES,
     LINK_STATE_BATCH_INTERVAL,
-    MAX_ENDPOINTS_PER_MEMBER,
     PROBE_INTERVAL,
     PROBE_JITTER,
     PROBE_RETRY_INTERVAL,
@@ -78,18 +67,19 @@ from naas.core.control_messages import (
     encode_control,
 )
 from naas.core.cookie import CookieResponder
-from naas.core.crypto import KEY_LEN, certificate_problem
+from naas.core.crypto import KEY_LEN
 from naas.core.datapath import LOOPBACK, warm_up_frame
 from naas.core.fragments import one_run_limit, piece_size_for
 from naas.core.handshake import TransportKeys
-from naas.core.handshakes import Handshakes
 from naas.core.link_state_sync import LinkStateSync
 from naas.core.loss import SPLIT_HOLD
 from naas.core.membership_sync import MembershipSync
-from naas.core.network_document import open_document_untrusted
 from naas.core.peer import Address, Peer
+from naas.core.roster import LocalIdentity as LocalIdentity  # re-exported: the drivers build it
+from naas.core.roster import NodeEvent as NodeEvent
+from naas.core.roster import Roster
 from naas.core.session import Session
-from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER, pair_score, standing_threshold
+from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER
 from naas.core.switch import MacTable
 from naas.core.topology import CONNECTING_FOR, LinkView, MemberView, Reach, Topology
 from naas.core.wire import (
@@ -97,33 +87,15 @@ from naas.core.wire import (
     PROLOGUE_PREFIX,
     DropReason,
 )
-from naas.model.certificate import Certificate
 from naas.model.codec import certificate_to_bytes
-from naas.model.document import DocumentError, NetworkDocument
+from naas.model.document import NetworkDocument
 from naas.model.ids import format_mac
 from naas.model.network import MemberRecord, NetworkInfo
 
 DHCP_LEASE_SECONDS = 3600
 
 
-@dataclass(frozen=True, slots=True)
-class LocalIdentity:
-    certificate: Certificate
-    static_private: bytes  # X25519, never leaves this host
-    signing_private: bytes  # Ed25519, never leaves this host
-
-
-@dataclass(frozen=True, slots=True)
-class NodeEvent:
-    # member_learned | member_updated | member_revoked | peer_up | peer_down | session_started |
-    # superframes_cut | document | revoked (this member)
-    kind: str
-    node_id: int
-    name: str
-    detail: str = ""
-
-
-class NodeCore(Handshakes):
+class NodeCore(Roster):
     def __init__(
         self,
         identity: LocalIdentity,
@@ -330,151 +302,6 @@ class NodeCore(Handshakes):
             self.document_received(message.body, now, source=peer)
         else:  # lsd, lsd_req, lsd_sum, lsd_digest
             self.link_state.message_received(peer, message, now)
-
-    # -- membership -----------------------------------------------------------------------------
-
-    def member_enrolled(self, certificate: Certificate, now: float) -> None:
-        """A PoP issued ``certificate``: tell the mesh."""
-        if certificate.node_id == self.node_id:
-            self.certificate_renewed(certificate, now)
-        else:
-            self._learn_member(MemberRecord(certificate), now, gossip=True)
-
-    def certificate_renewed(self, certificate: Certificate, now: float) -> bool:
-        """Our certificate was renewed (same node id and keys, a later validity): use it
-        in handshakes from now on and tell the mesh, hash first. False if it is not ours."""
-        own = self.identity.certificate
-        same_keys = (certificate.node_id, certificate.static_public, certificate.signing_public) == (
-            own.node_id,
-            own.static_public,
-            own.signing_public,
-        )
-        if not same_keys or certificate.not_before <= own.not_before:
-            return False
-        identity = self.identity
-        self.identity = LocalIdentity(certificate, identity.static_private, identity.signing_private)
-        self._own_cert_bytes = certificate_to_bytes(certificate)
-        self.membership.own_certificate_changed(certificate, now)
-        return True
-
-    def _learn_member(
-        self, record: MemberRecord, now: float, *, gossip: bool, source: int | None = None
-    ) -> None:
-        cert = record.certificate
-        if cert.node_id == self.node_id or cert.node_id in self._revoked:
-            return
-        if certificate_problem(cert, self.network.ca_public, self.network.name, now + self._wall_offset):
-            self.drops[DropReason.BAD_CERTIFICATE] += 1
-            return
-        peer = self.peers.get(cert.node_id)
-        changed = False
-        if peer is None:
-            peer = Peer(cert, standing_score=pair_score(self.node_id, cert.node_id))
-            self.peers[cert.node_id] = peer
-            self._events.append(NodeEvent("member_learned", cert.node_id, cert.name))
-            self._member_joined(peer)
-            changed = True
-        elif peer.certificate != cert:
-            if cert.not_before < peer.certificate.not_before:
-                return  # an older certificate: ignore
-            if cert.static_public != peer.certificate.static_public:
-                self._forget_sessions(peer)  # new keys; a renewal keeps its sessions
-            peer.certificate = cert
-            self._events.append(NodeEvent("member_updated", cert.node_id, cert.name, "new certificate"))
-            self.membership.table_changed()
-            changed = True
-        if cert.ip is not None:
-            self._ip_to_node[cert.ip.ip] = cert.node_id
-        for endpoint in record.endpoints:
-            address = endpoint.as_tuple()
-            if address not in peer.endpoints and len(peer.endpoints) < MAX_ENDPOINTS_PER_MEMBER:
-                peer.endpoints.append(address)  # hearsay goes after what we saw ourselves
-                changed = True
-                if peer.send_session(now) is None and peer.pending is None and self._wanted(peer, now):
-                    peer.next_attempt_at = now
-                    self._tracked[peer.node_id] = peer
-                    self._next_deadline = now
-        if changed and gossip:
-            self.membership.record_changed(peer, now, exclude=source)
-
-    def _member_joined(self, peer: Peer) -> None:
-        """Recompute which members keep standing links (core/standing.py) now that the mesh
-        has one more. The threshold only falls as the mesh grows (members are never
-        forgotten), so only the newcomer can become standing; links that stop being
-        standing are withdrawn by the timer once idle."""
-        self.membership.table_changed()
-        self._standing_threshold = standing_threshold(len(self.peers) + 1, self.full_mesh_up_to)
-        if peer.standing_score < self._standing_threshold:
-            self._tracked[peer.node_id] = peer
-
-    def _forget_sessions(self, peer: Peer) -> None:
-        for session in peer.sessions:
-            self._by_index.pop(session.local_index, None)
-        peer.sessions.clear()
-        if peer.pending is not None:
-            self._pending_by_index.pop(peer.pending.local_index, None)
-            peer.pending = None
-
-    # -- the network document -----------------------------------------------------------------
-
-    def _document_held(self) -> tuple[int, bytes]:
-        document = self.document
-        return (document.version, document.body) if document is not None else (0, b"")
-
-    def document_received(self, body: bytes, now: float, source: Peer | None = None) -> bool:
-        """Apply ``body`` if it is a newer document signed by the CA; True if it was."""
-        try:
-            document = open_document_untrusted(body, self.network.ca_public, self.network.name)
-        except DocumentError:
-            self.drops[DropReason.BAD_DOCUMENT] += 1
-            return False
-        if self.document is not None and document.version <= self.document.version:
-            return False
-        self.document = document
-        self.document_applied_at = now + self._wall_offset  # wall clock, for status
-        self._events.append(NodeEvent("document", 0, "", f"version={document.version}"))
-        newly_revoked = document.revoked_ids - self._revoked
-        self._revoked = document.revoked_ids
-        for node in sorted(newly_revoked):
-            peer = self.peers.get(node)
-            if peer is not None:
-                self.membership.send_document(peer, now)  # before its session goes: it learns why
-                self._remove_member(peer, now)
-        if source is not None and source.node_id not in self._revoked:
-            source.document_version = document.version
-        self.membership.document_changed(now)  # the table without the revoked: peers compare it
-        if self.node_id in self._revoked and not self.revoked:
-            self.revoked = True
-            self._events.append(NodeEvent("revoked", self.node_id, self.identity.certificate.name))
-        return True
-
-    def _remove_member(self, peer: Peer, now: float) -> None:
-        """Forget a revoked member: sessions, endpoints, addresses, learned MACs, links."""
-        self._forget_sessions(peer)
-        node = peer.node_id
-        del self.peers[node]
-        self._tracked.pop(node, None)
-        self._link_was_up.pop(node, None)
-        for address in [a for a, n in self._member_addresses.items() if n == node]:
-            del self._member_addresses[address]
-        for ip in [ip for ip, n in self._ip_to_node.items() if n == node]:
-            del self._ip_to_node[ip]
-        self.mac_table.forget_node(node)
-        self.membership.table_changed()
-        self._events.append(NodeEvent("member_revoked", node, peer.name))
-        if peer.direct_up:
-            peer.direct_up = False
-            self.link_state.update_local_links(now, urgent=True)
-
-    def groups_of(self, cert: Certificate) -> tuple[str, ...]:
-        """A member's groups: the document's, else its certificate's."""
-        if self.document is None:
-            return cert.groups
-        return self.document.groups_of(cert.node_id, cert.groups)
-
-    def member_records(self) -> list[MemberRecord]:
-        own = MemberRecord(self.identity.certificate)
-        return [own] + [MemberRecord(p.certificate, p.public_endpoints()) for p in self.peers.values()]
 
     # -- timers -------------------------------------------------------------------------------
 

@@ -81,15 +81,15 @@ from naas.core.topology import Topology
 from naas.core.wire import overlay_mtu
 from naas.daemon import control, netconf
 from naas.daemon.backoff import Backoff
+from naas.daemon.membership import AgentMembership
 from naas.daemon.metrics_server import serve_metrics
-from naas.daemon.renewal import CertificateRenewal, Renewer, renewal_due
+from naas.daemon.renewal import CertificateRenewal
 from naas.daemon.state import NodeDir, write_file
 from naas.daemon.steering import bind_mesh_sockets
 from naas.daemon.tap import LinuxTap
 from naas.daemon.udp import LinuxUdpSocket, coalesce
 from naas.model.certificate import Certificate
 from naas.model.network import NetworkInfo
-from naas.pop.client import renew_certificate
 
 log = logging.getLogger("naas.agent")
 
@@ -119,7 +119,7 @@ class AgentError(Exception):
     """The agent cannot start as asked; the message says why, in one line."""
 
 
-class Agent:
+class Agent(AgentMembership):
     def __init__(
         self,
         node_dir: NodeDir,
@@ -237,11 +237,6 @@ class Agent:
         self._arm_timer(now)
         self.start_renewals(self._renew_at_pops)
 
-    def _renew_at_pops(self, certificate: Certificate, signing_private: bytes) -> Certificate:
-        """Renew at the first PoP that answers (pinned HTTPS; in a thread)."""
-        assert self.core is not None
-        return renew_certificate(self.core.network, certificate, signing_private, now=time.time())
-
     def _configure_interface(self, network: NetworkInfo, cert: Certificate) -> int:
         """Open naas0 and set its MAC, MTU and address; returns the MTU."""
         underlay_mtu, ipv6 = 1500, False
@@ -278,24 +273,6 @@ class Agent:
 
     def stop(self) -> None:
         self._stopped.set()
-
-    def start_renewals(self, renewer: Renewer) -> None:
-        """Renew this member's certificate at two thirds of its life (daemon/renewal.py)."""
-        assert self.core is not None and self._loop is not None
-        core = self.core
-        self.renewal = CertificateRenewal(
-            lambda: core.identity.certificate, core.identity.signing_private, renewer, self._take_certificate
-        )
-        self._renewing = self._loop.create_task(self.renewal.run())
-
-    def _take_certificate(self, certificate: Certificate) -> None:
-        assert self.core is not None
-        if self.core.certificate_renewed(certificate, self._now()):
-            try:
-                self.node_dir.save_certificate(certificate)
-            except OSError as exc:
-                log.warning("cannot save the renewed certificate: %s", exc)
-            self._transmit()
 
     def close(self) -> None:
         loop = asyncio.get_event_loop()
@@ -533,54 +510,6 @@ class Agent:
             return
         log.info("%s peer=%s node_id=%d %s", event.kind, event.name, event.node_id, event.detail)
 
-    def _save_document(self) -> None:
-        """Keep the newest document (0600, atomic): a restart starts from it, revocations
-        included, even with every PoP down."""
-        assert self.core is not None and self.core.document is not None
-        try:
-            self.node_dir.save_document(self.core.document.body)
-        except OSError as exc:
-            log.warning("cannot save the network document: %s", exc)
-
-    def document_received(self, body: bytes) -> bool:
-        """A PoP in the same process found a newer document in its store."""
-        assert self.core is not None
-        taken = self.core.document_received(body, self._now())
-        self._transmit()
-        return taken
-
-    def _save_members(self, force: bool = False) -> None:
-        """Rewrite members.json if membership changed (``force``: anyway, at exit). When it
-        cannot be written (disk full, read-only, out of descriptors) the next try backs
-        off up to a minute and the log says so at most once a minute (daemon/backoff.py):
-        trying again at once would spin the agent and flood the log."""
-        assert self.core is not None
-        if not (self._members_dirty or force):
-            return
-        now = self._now()
-        try:
-            self.node_dir.save_members(self.core.member_records()[1:])
-        except OSError as exc:
-            report = self._cache_saves.failed(now)
-            if report is not None:
-                log.warning("cannot save member cache: %s (%s)", exc, report.describe())
-            elif force:
-                log.warning("cannot save member cache: %s (at exit)", exc)
-            return
-        self._members_dirty = False
-        failures = self._cache_saves.succeeded(now)
-        if failures:
-            log.info("member cache saved again after %d failed tries", failures)
-
-    def member_enrolled(self, certificate: Any) -> None:
-        """Called by a PoP's enrollment service in the same process."""
-        assert self.core is not None
-        self.core.member_enrolled(certificate, self._now())
-        self._members_dirty = True
-        self._transmit()
-
-    # -- control socket --------------------------------------------------------------------------
-
     def topology(self) -> Topology:
         """This member's view of the mesh now (core/topology.py)."""
         return self._topology()
@@ -600,18 +529,6 @@ class Agent:
             "hosts_tracked": cookies.sources_tracked,
             "own_socket": self._handshake_udp is not None,
             "pauses": self.handshake_pauses,
-        }
-
-    def _certificate_status(self) -> dict[str, Any]:
-        assert self.core is not None
-        cert = self.core.identity.certificate
-        renewal = self.renewal
-        return {
-            "not_after": cert.not_after,
-            "renew_at": int(renewal_due(cert)),
-            "renewals": renewal.renewals if renewal else 0,
-            "renewal_failures": renewal.failures if renewal else 0,
-            "last_error": renewal.last_error if renewal else None,
         }
 
     async def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -69,9 +69,17 @@ def commands_dir() -> Path:
 EnrollVia = Literal["stdin", "file", "argv"]  # how `Story.enroll` hands over the URL
 
 
-def config_text(lab: Lab, *, layer3: bool = True, fixed: dict[str, str] | None = None) -> str:
+def config_text(
+    lab: Lab,
+    *,
+    layer3: bool = True,
+    fixed: dict[str, str] | None = None,
+    certificate_lifetime: str | None = None,
+) -> str:
     """The story's naas.toml for the lab's hosts."""
     lines = ["[network]", f'name = "{NETWORK}"', "mesh_port = 5640", "enrollment_port = 5641"]
+    if certificate_lifetime is not None:
+        lines.append(f'certificate_lifetime = "{certificate_lifetime}"')
     if layer3:
         lines += [f'subnet = "{SUBNET}"', f'dhcp_range = "{DHCP_RANGE}"']
     for pop in POPS:

@@ -207,10 +207,10 @@ def _post(
         try:
             connection.connect()
         except (OSError, ssl.SSLError) as exc:
-            raise _Unreachable(_describe(exc)) from None
+            raise _Unreachable(describe_failure(exc)) from None
         sock = connection.sock
         der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-        seen = _pin_or_none(der)
+        seen = pin_or_none(der)
         if seen is None or not hmac.compare_digest(seen, pin):
             raise EnrollmentError(
                 f"PoP key does not match the invitation's pin at {endpoint} "
@@ -227,7 +227,7 @@ def _post(
             response = connection.getresponse()
             answer = response.read(MAX_ANSWER_BYTES + 1)
         except (OSError, http.client.HTTPException) as exc:
-            raise _Unreachable(_describe(exc)) from None
+            raise _Unreachable(describe_failure(exc)) from None
         if len(answer) > MAX_ANSWER_BYTES:
             raise EnrollmentError(f"PoP {endpoint} sent an oversized answer")
         if response.status >= 500 or response.status in RETRY_STATUSES:
@@ -281,7 +281,8 @@ def _result(
     )
 
 
-def _pin_or_none(der: bytes | None) -> str | None:
+def pin_or_none(der: bytes | None) -> str | None:
+    """The pin of a peer certificate (DER), None if there is none or it is unusable."""
     if not der:
         return None
     try:
@@ -309,7 +310,8 @@ def _server_message(answer: bytes) -> str:
     return "".join(c for c in message[:200] if c.isprintable())  # hostile text: one line
 
 
-def _describe(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
+    """A transport failure in a few words (for one-line messages)."""
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:

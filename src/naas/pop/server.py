@@ -140,20 +140,9 @@ class EnrollmentService:
     async def _handle_enroll(self, request: web.Request) -> web.Response:
         self.enroll_requests += 1
         source = source_of(request.remote)
-        wait = self.failures.retry_after(source, self._monotonic())
-        if wait > 0:  # before the body is even read
-            self.refusals[Refusal.RATE_LIMITED] += 1
-            log.debug("enrollment refused reason=rate_limited peer=%s", request.remote)
-            limited = _error(429, "too many failed attempts from this address", close=True)
-            limited.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-            return limited
-        try:
-            body = await asyncio.wait_for(request.read(), self.limits.body_timeout)
-        except web.HTTPRequestEntityTooLarge:
-            return self._failed(source, Refusal.TOO_LARGE, f"request larger than {MAX_REQUEST_BYTES} bytes")
-        except TimeoutError:
-            message = f"request body not received within {self.limits.body_timeout:g} s"
-            return self._failed(source, Refusal.BODY_TIMEOUT, message)
+        body = await self._limited_body(request, source)
+        if isinstance(body, web.Response):
+            return body
         parsed = self._parse_request_untrusted(body)
         if isinstance(parsed, str):
             log.info("enrollment rejected problem=%r peer=%s", parsed, request.remote)
@@ -203,19 +192,9 @@ class EnrollmentService:
         """A member renews its certificate (control/enrollment.py renew): authenticated by
         the certificate and a signature of its own, limited like enrollments."""
         source = source_of(request.remote)
-        wait = self.failures.retry_after(source, self._monotonic())
-        if wait > 0:
-            self.refusals[Refusal.RATE_LIMITED] += 1
-            limited = _error(429, "too many failed attempts from this address", close=True)
-            limited.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-            return limited
-        try:
-            body = await asyncio.wait_for(request.read(), self.limits.body_timeout)
-        except web.HTTPRequestEntityTooLarge:
-            return self._failed(source, Refusal.TOO_LARGE, f"request larger than {MAX_REQUEST_BYTES} bytes")
-        except TimeoutError:
-            message = f"request body not received within {self.limits.body_timeout:g} s"
-            return self._failed(source, Refusal.BODY_TIMEOUT, message)
+        body = await self._limited_body(request, source)
+        if isinstance(body, web.Response):
+            return body
         parsed = self._parse_renew_untrusted(body)
         if isinstance(parsed, str):
             return self._failed(source, Refusal.BAD_REQUEST, parsed)
@@ -256,6 +235,24 @@ class EnrollmentService:
         except CodecError as exc:
             return str(exc)
         return cert, unix_time, signature
+
+    async def _limited_body(self, request: web.Request, source: str) -> bytes | web.Response:
+        """The request's body, or the refusal to answer: 429 before reading it if the
+        source failed too often, 413 or 408 if it is too large or too slow."""
+        wait = self.failures.retry_after(source, self._monotonic())
+        if wait > 0:  # before the body is even read
+            self.refusals[Refusal.RATE_LIMITED] += 1
+            log.debug("request refused reason=rate_limited path=%s peer=%s", request.path, request.remote)
+            limited = _error(429, "too many failed attempts from this address", close=True)
+            limited.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return limited
+        try:
+            return await asyncio.wait_for(request.read(), self.limits.body_timeout)
+        except web.HTTPRequestEntityTooLarge:
+            return self._failed(source, Refusal.TOO_LARGE, f"request larger than {MAX_REQUEST_BYTES} bytes")
+        except TimeoutError:
+            message = f"request body not received within {self.limits.body_timeout:g} s"
+            return self._failed(source, Refusal.BODY_TIMEOUT, message)
 
     def _failed(self, source: str, reason: Refusal, message: str) -> web.Response:
         """A failed attempt: counted, charged to the source, answered on one line."""
