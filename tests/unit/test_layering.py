@@ -1,5 +1,6 @@
 """The sans-IO rule: model/ and core/ import no I/O, clock or randomness, and the
-dependencies point one way (model <- core <- daemon/pop <- cli)."""
+dependencies point one way (model <- core <- daemon/pop/control <- cli); control/ (the
+use cases) knows neither argparse nor HTTP."""
 
 from __future__ import annotations
 
@@ -25,6 +26,16 @@ FORBIDDEN_IN_CORE = {
     "naas.lab",
 }
 FORBIDDEN_IN_MODEL = FORBIDDEN_IN_CORE | {"naas.core"}
+# the use cases serve the CLI and the REST API alike: neither argument parsing nor HTTP
+FORBIDDEN_IN_CONTROL = {
+    "argparse",
+    "aiohttp",
+    "http",
+    "urllib",
+    "naas.cli",
+    "naas.pop.server",
+    "naas.pop.api",
+}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -48,7 +59,8 @@ def _violations(package: str, forbidden: set[str]) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("package", "forbidden"), [("core", FORBIDDEN_IN_CORE), ("model", FORBIDDEN_IN_MODEL)]
+    ("package", "forbidden"),
+    [("core", FORBIDDEN_IN_CORE), ("model", FORBIDDEN_IN_MODEL), ("control", FORBIDDEN_IN_CONTROL)],
 )
 def test_pure_packages_do_no_io(package: str, forbidden: set[str]) -> None:
     assert (SRC / package).is_dir()
