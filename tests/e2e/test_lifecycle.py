@@ -14,9 +14,10 @@ certificates that live one minute.
 3. By then every first certificate has expired: desktop and the PoPs renewed theirs by
    themselves, the mesh still pings, and spare, whose certificate expired while it was
    off, says so in one line when it starts.
-4. kiosk is revoked while aws-web-1 and ali-db-1 cannot reach any PoP, and both PoPs stop
-   right after: the revocation reaches them from the other members, and holds when one
-   of them restarts with every PoP down.
+4. kiosk is revoked while it is off, and while aws-web-1 and ali-db-1 cannot reach any
+   PoP: kiosk, started again, learns it from a PoP and stops; both PoPs stop; the
+   revocation reaches the two others from the other members, and holds when one of
+   them restarts with every PoP down.
 """
 
 from __future__ import annotations
@@ -241,7 +242,12 @@ def test_revocation_spreads_between_members_with_the_pops_gone(story: Story) -> 
             lab.block(far, pop)
     kiosk_id = _peer(story, "desktop", "kiosk")["node_id"]
     version = story.status("master")["document"]["version"]
+    assert story.naas("kiosk", "down", "--network", NETWORK).returncode == 0  # off while revoked
     _admin(story, "revoke", "kiosk")
+    story.naas("kiosk", "up", "--network", NETWORK)  # it asks a PoP for the newest document
+    node = client_node_dir(story.state_dir("kiosk"), NETWORK)
+    assert _until(lambda: "is revoked from network" in node.log_path.read_text(), 10) is not None
+    assert _until(lambda: not node.pid_path.exists(), 5) is not None, "kiosk's agent stopped"
     assert _applied(story, ["desktop"], version + 1, 5.0), "the revocation reached one member"
     for pop in POPS:
         story.stop_pop(pop)

@@ -16,7 +16,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-from naas.control.errors import Conflict, Forbidden, Invalid
+from naas.control.errors import Conflict, Forbidden, Invalid, NotFound
 from naas.control.network import PopNetwork
 from naas.core.crypto import ed25519_sign, ed25519_verify
 from naas.model.certificate import Certificate
@@ -78,12 +78,46 @@ def enroll(
 # -- renewal ----------------------------------------------------------------------------------
 
 RENEW_CONTEXT = b"naas-renew\x00"  # what a renewal request's signature covers starts so
-RENEW_CLOCK_SKEW = 300  # s a renewal request's time may differ from the PoP's
+DOCUMENT_REQUEST_CONTEXT = b"naas-document-request\x00"  # ... and a request for the document
+RENEW_CLOCK_SKEW = 300  # s a member's request's time may differ from the PoP's
 
 
-def renew_message(network: str, certificate: dict[str, Any], unix_time: int) -> bytes:
-    """The bytes a member signs (Ed25519, its signing key) to ask for a renewal."""
-    return RENEW_CONTEXT + canonical_json({"network": network, "certificate": certificate, "time": unix_time})
+def renew_message(
+    network: str, certificate: dict[str, Any], unix_time: int, context: bytes = RENEW_CONTEXT
+) -> bytes:
+    """The bytes a member signs (Ed25519, its signing key) to ask for a renewal (or, with
+    DOCUMENT_REQUEST_CONTEXT, for the newest network document)."""
+    return context + canonical_json({"network": network, "certificate": certificate, "time": unix_time})
+
+
+def _authenticate(
+    net: PopNetwork, certificate: Certificate, unix_time: int, signature: bytes, context: bytes
+) -> float:
+    """Check a member's signed request: the CA's certificate, the time, its signature.
+    Returns the PoP's time."""
+    now = net.clock()
+    if certificate.network != net.name:
+        raise Invalid(f"certificate: for network {certificate.network!r}, not {net.name!r}")
+    if not ed25519_verify(net.info.ca_public, certificate.signature, tbs_bytes(certificate)):
+        raise Forbidden("certificate: not signed by this network's CA")
+    if abs(now - unix_time) > RENEW_CLOCK_SKEW:
+        off = abs(now - unix_time)
+        raise Invalid(f"time: differs from the PoP's clock by {off:.0f} s (at most {RENEW_CLOCK_SKEW})")
+    message = renew_message(net.name, certificate_to_dict(certificate), unix_time, context)
+    if not ed25519_verify(certificate.signing_public, signature, message):
+        raise Forbidden("signature: not made with the certificate's signing key")
+    return now
+
+
+def member_document(net: PopNetwork, certificate: Certificate, unix_time: int, signature: bytes) -> bytes:
+    """The newest network document, for a member that proves it holds ``certificate``
+    (expired or revoked too: a revoked member that was off learns so from it).
+    NotFound before the first document."""
+    _authenticate(net, certificate, unix_time, signature, DOCUMENT_REQUEST_CONTEXT)
+    latest = net.store.latest_document()
+    if latest is None:
+        raise NotFound("the network has no document yet")
+    return latest[1]
 
 
 def renew(
@@ -100,17 +134,7 @@ def renew(
     Authenticated by the certificate itself (the CA's signature) and a signature by its
     signing key over the request: no token. A retry after a renewal that went through
     gets the certificate already issued."""
-    now = net.clock()
-    if certificate.network != net.name:
-        raise Invalid(f"certificate: for network {certificate.network!r}, not {net.name!r}")
-    if not ed25519_verify(net.info.ca_public, certificate.signature, tbs_bytes(certificate)):
-        raise Forbidden("certificate: not signed by this network's CA")
-    if abs(now - unix_time) > RENEW_CLOCK_SKEW:
-        off = abs(now - unix_time)
-        raise Invalid(f"time: differs from the PoP's clock by {off:.0f} s (at most {RENEW_CLOCK_SKEW})")
-    message = renew_message(net.name, certificate_to_dict(certificate), unix_time)
-    if not ed25519_verify(certificate.signing_public, signature, message):
-        raise Forbidden("signature: not made with the certificate's signing key")
+    now = _authenticate(net, certificate, unix_time, signature, RENEW_CONTEXT)
     if now > certificate.not_after and not allow_expired:
         expired = _utc(certificate.not_after)
         raise Forbidden(f"certificate of {certificate.name} expired at {expired}: ask for a new invitation")

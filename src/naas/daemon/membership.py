@@ -3,6 +3,7 @@ certificate renewal (Agent inherits it; daemon/runner.py sets up the state below
 
     member_enrolled(cert)      a PoP in this process issued or renewed a certificate
     document_received(body)    a PoP in this process found a newer document in its store
+    check_in()                 at start: the newest document from a PoP, in the background
     start_renewals(renewer)    renew at 2/3 of the lifetime (daemon/renewal.py); a client
                                renews at its PoPs over pinned HTTPS (``_renew_at_pops``)
 
@@ -24,7 +25,7 @@ from naas.daemon.backoff import Backoff
 from naas.daemon.renewal import CertificateRenewal, Renewer, renewal_due
 from naas.daemon.state import NodeDir
 from naas.model.certificate import Certificate
-from naas.pop.client import renew_certificate
+from naas.pop.client import fetch_document, renew_certificate
 
 log = logging.getLogger("naas.agent")
 
@@ -37,6 +38,7 @@ class AgentMembership:
     node_dir: NodeDir
     renewal: CertificateRenewal | None
     _renewing: asyncio.Task[None] | None
+    _checking_in: asyncio.Task[None] | None
     _loop: asyncio.AbstractEventLoop | None
     _members_dirty: bool
     _cache_saves: Backoff
@@ -46,6 +48,25 @@ class AgentMembership:
 
     def _transmit(self) -> bool:
         raise NotImplementedError
+
+    def check_in(self) -> None:
+        """Ask a PoP for the newest network document, in the background (an agent that
+        was off may have missed one; if it revokes this member, the agent stops)."""
+        assert self.core is not None and self._loop is not None
+        core = self.core
+        identity = core.identity
+
+        async def ask() -> None:
+            try:
+                cert, key = identity.certificate, identity.signing_private
+                body = await asyncio.to_thread(fetch_document, core.network, cert, key, now=time.time())
+            except Exception as exc:  # the mesh brings the document anyway
+                log.debug("no network document from the PoPs at start: %s", exc)
+                return
+            if body is not None and self.core is not None:
+                self.document_received(body)
+
+        self._checking_in = self._loop.create_task(ask())
 
     def _renew_at_pops(self, certificate: Certificate, signing_private: bytes) -> Certificate:
         """Renew at the first PoP that answers (pinned HTTPS; in a thread)."""

@@ -166,6 +166,7 @@ class Agent(AgentMembership):
         self.revoked = False  # the network document revoked this member: it stopped
         self.renewal: CertificateRenewal | None = None
         self._renewing: asyncio.Task[None] | None = None
+        self._checking_in: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -236,6 +237,7 @@ class Agent(AgentMembership):
         )
         self._arm_timer(now)
         self.start_renewals(self._renew_at_pops)
+        self.check_in()
 
     def _configure_interface(self, network: NetworkInfo, cert: Certificate) -> int:
         """Open naas0 and set its MAC, MTU and address; returns the MTU."""
@@ -276,7 +278,7 @@ class Agent(AgentMembership):
 
     def close(self) -> None:
         loop = asyncio.get_event_loop()
-        for timer in (self._timer, self._poll, self._handshake_rest, self._renewing):
+        for timer in (self._timer, self._poll, self._handshake_rest, self._renewing, self._checking_in):
             if timer is not None:
                 timer.cancel()
         if self._control is not None:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from naas.control.enrollment import renew_message
+from naas.control.enrollment import DOCUMENT_REQUEST_CONTEXT, RENEW_CONTEXT, renew_message
 from naas.core.crypto import ed25519_sign, ed25519_verify
 from naas.model.certificate import Certificate
 from naas.model.codec import (
@@ -47,7 +47,7 @@ from naas.model.codec import (
 )
 from naas.model.ids import Endpoint
 from naas.model.network import MemberRecord, NetworkInfo
-from naas.pop.invitations import ENROLL_PATH, RENEW_PATH, Invitation, spki_pin
+from naas.pop.invitations import ENROLL_PATH, MEMBER_DOCUMENT_PATH, RENEW_PATH, Invitation, spki_pin
 
 DEFAULT_ATTEMPTS = 5
 DEFAULT_BACKOFF = 0.5  # seconds before the 2nd round; doubles each round
@@ -146,12 +146,7 @@ def renew_certificate(
     """A renewed certificate from the first PoP of ``network`` that answers (each pinned
     as for enrollment); authenticated by ``certificate`` and a signature of our signing
     key, no token. EnrollmentError: refused (the PoP's reason), or no PoP answered."""
-    unix_time = int(now)
-    fields = certificate_to_dict(certificate)
-    signature = ed25519_sign(signing_private, renew_message(network.name, fields, unix_time))
-    body = json.dumps(
-        {"network": network.name, "certificate": fields, "time": unix_time, "signature": b64e(signature)}
-    ).encode()
+    body = _signed_request(network, certificate, signing_private, now, RENEW_CONTEXT)
     failures = []
     for pop in network.pops:
         try:
@@ -172,6 +167,45 @@ def renew_certificate(
             raise EnrollmentError(f"PoP {pop.name} sent an unusable certificate")
         return renewed
     raise EnrollmentError(f"cannot reach any PoP ({'; '.join(failures)})")
+
+
+def fetch_document(
+    network: NetworkInfo,
+    certificate: Certificate,
+    signing_private: bytes,
+    *,
+    now: float,
+    timeout: float = 3.0,
+) -> bytes | None:
+    """The newest network document's body from the first PoP that gives it (pinned,
+    signed like a renewal request), unchecked: the agent checks it like any other.
+    None if no PoP gives one."""
+    body = _signed_request(network, certificate, signing_private, now, DOCUMENT_REQUEST_CONTEXT)
+    for pop in network.pops:
+        try:
+            status, answer = _post(pop.enrollment_endpoint, pop.tls_pin, body, timeout, MEMBER_DOCUMENT_PATH)
+        except (_Unreachable, EnrollmentError):
+            continue
+        if status == 200:
+            try:
+                document = json.loads(answer).get("document")
+            except (ValueError, AttributeError, RecursionError):
+                continue
+            if isinstance(document, str):
+                return document.encode()
+    return None
+
+
+def _signed_request(
+    network: NetworkInfo, certificate: Certificate, signing_private: bytes, now: float, context: bytes
+) -> bytes:
+    """A request authenticated by our certificate and a signature of our signing key."""
+    unix_time = int(now)
+    fields = certificate_to_dict(certificate)
+    signature = ed25519_sign(signing_private, renew_message(network.name, fields, unix_time, context))
+    return json.dumps(
+        {"network": network.name, "certificate": fields, "time": unix_time, "signature": b64e(signature)}
+    ).encode()
 
 
 def _wait(attempt: int, backoff: float, retry_after: float) -> float:

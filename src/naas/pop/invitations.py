@@ -35,7 +35,8 @@ SCHEME = "naas"
 TOKEN_BYTES = 32  # 256 bits of randomness; the design asks for at least 128
 PIN_PREFIX = "sha256:"
 ENROLL_PATH = "/v1/enroll"  # where a PoP redeems invitations (protocol.md 3.2): client and server
-RENEW_PATH = "/v1/renew"  # where a member renews its certificate (protocol.md 3.4)
+RENEW_PATH = "/v1/renew"  # where a member renews its certificate (protocol.md 3.3)
+MEMBER_DOCUMENT_PATH = "/v1/member/document"  # where a member asks for the newest document (3.3)
 
 _B64_32 = re.compile(r"^[A-Za-z0-9_-]{43}$")  # 32 bytes, unpadded base64url
 _MAX_URL = 4096

@@ -48,8 +48,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
-from naas.control.enrollment import enroll, renew
-from naas.control.errors import ControlError, Forbidden
+from naas.control.enrollment import enroll, member_document, renew
+from naas.control.errors import ControlError, Forbidden, NotFound
 from naas.control.network import PopNetwork
 from naas.model.certificate import Certificate
 from naas.model.codec import (
@@ -62,7 +62,13 @@ from naas.model.codec import (
 )
 from naas.model.network import MemberRecord
 from naas.pop.addresses import AddressPoolExhausted
-from naas.pop.invitations import ENROLL_PATH, RENEW_PATH, is_well_formed_token, token_hash
+from naas.pop.invitations import (
+    ENROLL_PATH,
+    MEMBER_DOCUMENT_PATH,
+    RENEW_PATH,
+    is_well_formed_token,
+    token_hash,
+)
 from naas.pop.limits import (
     ACCEPT_RETRY_DELAY,
     LISTEN_BACKLOG,
@@ -129,6 +135,7 @@ class EnrollmentService:
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_post(ENROLL_PATH, self._handle_enroll)
         app.router.add_post(RENEW_PATH, self._handle_renew)
+        app.router.add_post(MEMBER_DOCUMENT_PATH, self._handle_member_document)
         app.router.add_get(HEALTH_PATH, self._handle_health)
         if self.api is not None:
             self.api.mount(app, failures=self.failures, monotonic=self._monotonic)  # a bad token spends
@@ -215,6 +222,30 @@ class EnrollmentService:
         except Exception:
             log.exception("on_enrolled hook failed name=%s", renewed.name)
         return web.json_response({"certificate": certificate_to_dict(renewed)})
+
+    async def _handle_member_document(self, request: web.Request) -> web.Response:
+        """The newest network document, for a member that signs for it like a renewal
+        (an agent starting; a revoked one learns so from it)."""
+        source = source_of(request.remote)
+        body = await self._limited_body(request, source)
+        if isinstance(body, web.Response):
+            return body
+        parsed = self._parse_renew_untrusted(body)
+        if isinstance(parsed, str):
+            return self._failed(source, Refusal.BAD_REQUEST, parsed)
+        cert, unix_time, signature = parsed
+        try:
+            document = await asyncio.to_thread(member_document, self._net, cert, unix_time, signature)
+        except Forbidden as exc:
+            return self._failed(source, Refusal.RENEWAL_REFUSED, str(exc))
+        except NotFound as exc:
+            return _error(404, str(exc))
+        except ControlError as exc:
+            return self._failed(source, Refusal.BAD_REQUEST, str(exc))
+        except Exception:
+            log.exception("document request failed peer=%s", request.remote)
+            return _error(500, "internal error")
+        return web.json_response({"document": document.decode()})
 
     def _parse_renew_untrusted(self, body: bytes) -> tuple[Certificate, int, bytes] | str:
         """(certificate, time, signature) of a renewal request, or the problem as text."""
