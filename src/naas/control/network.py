@@ -19,7 +19,6 @@ from naas.daemon.state import pop_node_dir
 from naas.model.config import NetworkConfig
 from naas.model.ids import Endpoint
 from naas.model.network import NetworkInfo, PopInfo
-from naas.pop.addresses import FixedAddresses
 from naas.pop.store import PopStore
 from naas.pop.store_control import DocumentState
 from naas.pop.tls import tls_pin_of_pem
@@ -64,9 +63,6 @@ class PopNetwork:
             if (node_dir.path / "network.json").exists():
                 return node_dir.load_network()
         return self.info
-
-    def fixed_addresses(self) -> FixedAddresses:
-        return {client.name: client.ip for client in self.store.clients()}
 
 
 def network_info(config: NetworkConfig, net_dir: Path) -> NetworkInfo:
