@@ -156,7 +156,7 @@ class DataPath:
     _max_mss: int  # TCP MSS clamp
     _ip_to_node: dict[IPv4Address, int]  # members' addresses (ARP answers)
     _member_addresses: dict[Address, int]  # members' direct endpoints (relay check)
-    _revoked: frozenset[int]  # node ids the network document revoked (core/node.py)
+    _revoked: frozenset[int]  # node ids the network document revoked (core/roster.py)
     _dhcp: dhcp.DhcpResponder | None  # only on layer-3 networks
     _loopback: tuple[Peer, Session, bytes]  # this node's session with itself, for warm_up, and its frame
 
