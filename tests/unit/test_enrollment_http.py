@@ -26,14 +26,16 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from naas.control import members
 from naas.control.network import PopNetwork
 from naas.core.crypto import certificate_problem, ed25519_public, x25519_public
+from naas.core.network_document import open_document_untrusted
 from naas.model.certificate import Certificate
 from naas.model.config import parse_config
 from naas.model.ids import Endpoint
 from naas.model.network import NetworkInfo, PopInfo
 from naas.pop.ca import issue_certificate
-from naas.pop.client import EnrollmentError, enroll
+from naas.pop.client import EnrollmentError, enroll, fetch_document, renew_certificate
 from naas.pop.invitations import Invitation, make_token, token_hash
 from naas.pop.limits import EnrollmentLimits, Refusal
 from naas.pop.server import EnrollmentService, start_enrollment_site
@@ -373,3 +375,32 @@ def test_tls_material_key_file_is_private_and_seed_is_deterministic(tmp_path: Pa
     assert b"PRIVATE KEY" not in repr(material).encode()
     seeded = [make_tls_material("m", private_key_seed=b"s" * 32) for _ in range(2)]
     assert seeded[0].pin == seeded[1].pin != material.pin
+
+
+def test_a_member_renews_and_asks_for_the_document_with_its_certificate(lab: Lab) -> None:
+    """POST /v1/renew and /v1/member/document: no token, the certificate and a signature."""
+    static_private, signing_private = os.urandom(32), os.urandom(32)
+    keys = (x25519_public(static_private), ed25519_public(signing_private))
+    cert = enroll(lab.invitation(lab.invite("web")), *keys).certificate
+    pop = PopInfo("master", Endpoint("127.0.0.1", 5640), lab.master.endpoint, lab.master.tls.pin)
+    network = NetworkInfo("acme", 5640, CA_PUBLIC, (pop,), subnet=CONFIG.network.subnet)
+    lab.clock[0] += 3600
+    renewed = renew_certificate(network, cert, signing_private, now=lab.clock[0])
+    assert (renewed.node_id, renewed.ip, renewed.static_public) == (cert.node_id, cert.ip, cert.static_public)
+    assert renewed.not_after == cert.not_after + 3600 and renewed.groups == ("frontend",)
+    assert lab.store.member("web") == renewed and lab.master.enrolled[-1] == renewed
+    again = renew_certificate(network, cert, signing_private, now=lab.clock[0])
+    assert again == renewed, "a retry with the old certificate gets the renewed one"
+    with pytest.raises(EnrollmentError, match="signing key"):
+        renew_certificate(network, renewed, os.urandom(32), now=lab.clock[0])
+    with pytest.raises(EnrollmentError, match="clock"):
+        renew_certificate(network, renewed, signing_private, now=lab.clock[0] + 1000)
+
+    assert fetch_document(network, renewed, signing_private, now=lab.clock[0]) is None, "none yet"
+    members.revoke(lab.master.service._net, "web")
+    body = fetch_document(network, renewed, signing_private, now=lab.clock[0])
+    assert body is not None
+    assert open_document_untrusted(body, CA_PUBLIC, "acme").revoked_ids == {cert.node_id}
+    with pytest.raises(EnrollmentError, match="revoked"):
+        renew_certificate(network, renewed, signing_private, now=lab.clock[0])
+    assert lab.master.service.refusals[Refusal.RENEWAL_REFUSED] == 2

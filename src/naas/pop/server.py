@@ -42,7 +42,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -88,6 +88,7 @@ from naas.pop.store import RedeemError
 log = logging.getLogger("naas.pop.server")
 
 HEALTH_PATH = "/v1/health"
+T = TypeVar("T")
 
 # -- the service ----------------------------------------------------------------------------
 
@@ -196,36 +197,30 @@ class EnrollmentService:
         return web.json_response(answer)
 
     async def _handle_renew(self, request: web.Request) -> web.Response:
-        """A member renews its certificate (control/enrollment.py renew): authenticated by
-        the certificate and a signature of its own, limited like enrollments."""
-        source = source_of(request.remote)
-        body = await self._limited_body(request, source)
-        if isinstance(body, web.Response):
-            return body
-        parsed = self._parse_renew_untrusted(body)
-        if isinstance(parsed, str):
-            return self._failed(source, Refusal.BAD_REQUEST, parsed)
-        cert, unix_time, signature = parsed
+        """A member renews its certificate (control/enrollment.py renew)."""
+        done = await self._member_request(request, renew, "renewal")
+        if isinstance(done, web.Response):
+            return done
+        log.info("renewed name=%s node_id=%d until=%d", done.name, done.node_id, done.not_after)
         try:
-            renewed = await asyncio.to_thread(renew, self._net, cert, unix_time, signature)
-        except Forbidden as exc:
-            log.info("renewal refused name=%s node_id=%d: %s", cert.name, cert.node_id, exc)
-            return self._failed(source, Refusal.RENEWAL_REFUSED, str(exc))
-        except ControlError as exc:
-            return self._failed(source, Refusal.BAD_REQUEST, str(exc))
+            self._on_enrolled(done)  # the PoP's agent spreads the new certificate at once
         except Exception:
-            log.exception("renewal failed peer=%s", request.remote)
-            return _error(500, "internal error")
-        log.info("renewed name=%s node_id=%d until=%d", renewed.name, renewed.node_id, renewed.not_after)
-        try:
-            self._on_enrolled(renewed)  # the PoP's agent spreads the new certificate at once
-        except Exception:
-            log.exception("on_enrolled hook failed name=%s", renewed.name)
-        return web.json_response({"certificate": certificate_to_dict(renewed)})
+            log.exception("on_enrolled hook failed name=%s", done.name)
+        return web.json_response({"certificate": certificate_to_dict(done)})
 
     async def _handle_member_document(self, request: web.Request) -> web.Response:
-        """The newest network document, for a member that signs for it like a renewal
-        (an agent starting; a revoked one learns so from it)."""
+        """The newest network document, for a member (an agent starting; a revoked one
+        learns so from it)."""
+        done = await self._member_request(request, member_document, "document request")
+        if isinstance(done, web.Response):
+            return done
+        return web.json_response({"document": done.decode()})
+
+    async def _member_request(
+        self, request: web.Request, use_case: Callable[[PopNetwork, Certificate, int, bytes], T], what: str
+    ) -> T | web.Response:
+        """A request a member authenticates with its certificate and a signature of its own
+        (no token): limited like enrollments, parsed, then ``use_case`` in a thread."""
         source = source_of(request.remote)
         body = await self._limited_body(request, source)
         if isinstance(body, web.Response):
@@ -235,17 +230,17 @@ class EnrollmentService:
             return self._failed(source, Refusal.BAD_REQUEST, parsed)
         cert, unix_time, signature = parsed
         try:
-            document = await asyncio.to_thread(member_document, self._net, cert, unix_time, signature)
+            return await asyncio.to_thread(use_case, self._net, cert, unix_time, signature)
         except Forbidden as exc:
+            log.info("%s refused name=%s node_id=%d: %s", what, cert.name, cert.node_id, exc)
             return self._failed(source, Refusal.RENEWAL_REFUSED, str(exc))
         except NotFound as exc:
             return _error(404, str(exc))
         except ControlError as exc:
             return self._failed(source, Refusal.BAD_REQUEST, str(exc))
         except Exception:
-            log.exception("document request failed peer=%s", request.remote)
+            log.exception("%s failed peer=%s", what, request.remote)
             return _error(500, "internal error")
-        return web.json_response({"document": document.decode()})
 
     def _parse_renew_untrusted(self, body: bytes) -> tuple[Certificate, int, bytes] | str:
         """(certificate, time, signature) of a renewal request, or the problem as text."""
