@@ -46,7 +46,7 @@ from typing import Any
 
 import pytest
 
-from naas.lab.netns import Namespace
+from naas.lab.netns import Namespace, process_start_time, same_process
 
 SUPERUSER = "postgres"  # the system user that owns the cluster, and its superuser role
 ROLE = "naas"  # the role the PoPs log in as (password authentication over TCP)
@@ -325,20 +325,12 @@ class PostgresCluster:
             pid = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
         except (OSError, ValueError):
             return None
-        return pid, _start_time(pid)
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rpartition(")")[2].split()[19])  # field 22: starttime
+        return pid, process_start_time(pid)
 
 
 def _same_process(pid: int, start: int | None) -> bool:
     """``pid`` is still the process that started at ``start``, and not a zombie."""
-    if start is None or _start_time(pid) != start:
+    if not same_process(pid, start):
         return False
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("Z", "X")

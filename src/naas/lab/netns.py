@@ -113,7 +113,7 @@ def _command(argv: Sequence[str], *, stdin: str | None = None) -> str:
     return done.stdout
 
 
-def _start_time(pid: int) -> int | None:
+def process_start_time(pid: int) -> int | None:
     """The kernel's start time of `pid` (clock ticks since boot), None if it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -122,8 +122,9 @@ def _start_time(pid: int) -> int | None:
     return int(stat.rpartition(")")[2].split()[19])  # field 22: starttime
 
 
-def _same_process(pid: int, start: int | None) -> bool:
-    return start is not None and _start_time(pid) == start
+def same_process(pid: int, start: int | None) -> bool:
+    """``pid`` is still the process that started at ``start`` (pids are reused)."""
+    return start is not None and process_start_time(pid) == start
 
 
 def _namespace_pids(namespace: str) -> list[int]:
@@ -141,10 +142,10 @@ def _namespace_pids(namespace: str) -> list[int]:
 
 def _terminate(processes: Sequence[tuple[int, int | None]]) -> None:
     """SIGTERM every (pid, start time) still alive, SIGKILL what survives the grace."""
-    alive = [(pid, start) for pid, start in processes if _same_process(pid, start)]
+    alive = [(pid, start) for pid, start in processes if same_process(pid, start)]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid, start in alive:
-            if _same_process(pid, start):
+            if same_process(pid, start):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
         deadline = time.monotonic() + TERM_GRACE
@@ -157,7 +158,7 @@ def _terminate(processes: Sequence[tuple[int, int | None]]) -> None:
 
 def _is_running(pid: int, start: int | None) -> bool:
     """Alive and not a zombie (a zombie has already left its namespaces)."""
-    if not _same_process(pid, start):
+    if not same_process(pid, start):
         return False
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
@@ -170,7 +171,7 @@ def _teardown(namespaces: Sequence[str], processes: Sequence[tuple[int, int | No
     """Kill `processes` and everything else inside `namespaces`, then delete them."""
     present = [namespace for namespace in namespaces if (NETNS_DIR / namespace).exists()]
     stragglers = [
-        (pid, _start_time(pid))
+        (pid, process_start_time(pid))
         for namespace in present
         for pid in _namespace_pids(namespace)
         if pid != os.getpid()  # a thread of ours may have entered it: never kill ourselves
@@ -425,7 +426,7 @@ class Lab:
     # -- processes and state --
 
     def _track(self, process: subprocess.Popen[Any], argv: Sequence[str]) -> None:
-        self._processes.append((process, _start_time(process.pid), list(argv)))
+        self._processes.append((process, process_start_time(process.pid), list(argv)))
         self.save_state()
 
     def save_state(self) -> Path:
@@ -433,7 +434,7 @@ class Lab:
         state = {
             "lab_id": self.lab_id,
             "prefix": self.prefix,
-            "owner": {"pid": os.getpid(), "start": _start_time(os.getpid())},
+            "owner": {"pid": os.getpid(), "start": process_start_time(os.getpid())},
             "kept": self._kept,
             "namespaces": self.namespaces,
             "processes": [{"pid": p.pid, "start": start, "argv": argv} for p, start, argv in self._processes],
@@ -526,7 +527,7 @@ def _saved_states(state_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 def _owner_alive(state: Mapping[str, Any]) -> bool:
     owner = state.get("owner") or {}
-    return _same_process(int(owner.get("pid", 0)), owner.get("start"))
+    return same_process(int(owner.get("pid", 0)), owner.get("start"))
 
 
 def _remove_saved(path: Path, state: Mapping[str, Any]) -> list[str]:
