@@ -116,9 +116,7 @@ def test_only_a_newer_document_signed_by_the_ca_is_taken() -> None:
     sim.publish_document("pop-a", 2)
     sim.run(2.0)
     assert m1.document is not None and m1.document.version == 2
-    older = make_document(
-        sim._ca_private, network=NETWORK, version=1, issued_at=0, groups={}, revoked=()
-    )
+    older = make_document(sim._ca_private, network=NETWORK, version=1, issued_at=0, groups={}, revoked=())
     assert not m1.document_received(older.body, sim.now), "an older version changes nothing"
     forged = make_document(b"\x01" * 32, network=NETWORK, version=9, issued_at=0, groups={}, revoked=())
     assert not m1.document_received(forged.body, sim.now)

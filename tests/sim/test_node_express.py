@@ -14,6 +14,7 @@ import pytest
 
 from naas.core.node import NodeCore
 from naas.core.offload import GSO_TCPV4, PLAIN_VNET_HDR, VNET_HDR, VNET_NEEDS_CSUM
+from naas.core.peer import LinkEvent
 from naas.core.wire import DEFAULT_HOP_LIMIT, TYPE_FRAGMENT, DropReason
 from naas.model.ids import BROADCAST_MAC
 from sim.test_node_offload import MTU, build_pair, tcp4_frame
@@ -42,9 +43,9 @@ def state(core: NodeCore) -> dict[str, Any]:
     seen["bytes"] = {node: (p.stats.tx_bytes, p.stats.rx_bytes) for node, p in core.peers.items()}
     seen["deadline"] = core.next_deadline()
     seen["waiting"] = (
-        list(core._datagrams_out),
-        list(core._runs_out),
-        list(core._frames_out),
+        list(core.datapath.datagrams_out),
+        list(core.datapath.runs_out),
+        list(core.datapath.frames_out),
         list(core._events),
     )
     return seen
@@ -125,7 +126,7 @@ def left_alone_cases() -> dict[str, Any]:
         return read_of(alpha, ping_frame(beta, alpha))
 
     def not_direct(net: Any, alpha: NodeCore, beta: NodeCore) -> bytes:
-        alpha.peers[beta.node_id].direct_up = False
+        alpha.peers[beta.node_id].link_event(LinkEvent.PROBES_MISSED)
         return read_of(alpha, ping_frame(beta, alpha))
 
     def unconfirmed(net: Any, alpha: NodeCore, beta: NodeCore) -> bytes:

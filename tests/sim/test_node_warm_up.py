@@ -74,7 +74,7 @@ def test_a_loopback_that_cannot_send_fails_quietly() -> None:
     """Should the loopback session ever be unusable, the warm-up says so and nothing else happens."""
     net, alpha, _ = build_pair()
     alpha.take_datagrams()
-    alpha._loopback[1].send_counter = REJECT_AFTER_MESSAGES
+    alpha.datapath.loopback[1].send_counter = REJECT_AFTER_MESSAGES
     before = visible_state(alpha)
     assert not alpha.warm_up(net.now)
     assert alpha.take_datagrams() == [] and alpha.take_frames() == []
@@ -84,7 +84,7 @@ def test_a_loopback_that_cannot_send_fails_quietly() -> None:
 def test_datagram_from_the_network_naming_the_loopback_session_is_dropped() -> None:
     """Its index is real, but its key never left the node: a forgery fails the tag."""
     net, alpha, beta = build_pair()
-    loopback_index = alpha._loopback[1].local_index
+    loopback_index = alpha.datapath.loopback[1].local_index
     forged = SEALED_HEADER.pack(
         TYPE_DATA, DEFAULT_HOP_LIMIT, 0, alpha.node_id, alpha.node_id, loopback_index, 0
     ) + bytes(100)

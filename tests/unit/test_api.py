@@ -278,11 +278,14 @@ def test_the_token_is_never_logged(lab: ApiLab, caplog: pytest.LogCaptureFixture
 
 
 def test_a_created_client_is_listed_and_can_be_invited(lab: ApiLab) -> None:
-    created = lab.http("POST", "/v1/clients", {"name": "kiosk", "ip": "10.32.9.9", "groups": ["b", "a"]})
+    created = lab.http(
+        "POST", "/v1/clients",
+        {"name": "kiosk", "ip": "10.32.9.9", "groups": ["b", "a"], "allowed_addresses": ["192.168.7.0/24"]},
+    )  # fmt: skip
     assert created.status == 201
     assert created.body == {
-        "name": "kiosk", "ip": "10.32.9.9", "groups": ["a", "b"], "created_at": created.body["created_at"],
-        "enrolled": False,
+        "name": "kiosk", "ip": "10.32.9.9", "groups": ["a", "b"], "allowed_addresses": ["192.168.7.0/24"],
+        "created_at": created.body["created_at"], "enrolled": False,
     }  # fmt: skip
     listed = lab.http("GET", "/v1/clients", token="read").body["clients"]
     assert [c["name"] for c in listed] == ["db", "kiosk", "web"]

@@ -34,10 +34,10 @@ def test_cli_clients_and_members_at_the_api(lab: ApiLab, capsys: pytest.CaptureF
     )
     code, out, _ = lab.cli(capsys, "clients")
     assert out.splitlines() == [
-        "NAME   IP          GROUPS      ENROLLED",
-        "db     -           -           no",
-        "kiosk  -           edge,lobby  no",
-        "web    10.32.1.10  frontend    no",
+        "NAME   IP          GROUPS      ENROLLED  ALLOWED",
+        "db     -           -           no        -",
+        "kiosk  -           edge,lobby  no        -",
+        "web    10.32.1.10  frontend    no        -",
     ]
     lab.enroll("web")
     code, out, err = lab.cli(capsys, "members", "--groups", "web", "frontend,public")
@@ -132,7 +132,7 @@ def test_cli_api_errors_and_options(
         (["clients", "--pin", lab.pin, "--store", "sqlite:///x.db"], "--store: not used with --api"),
         (["clients", "--pin", lab.pin, "--config", "naas.toml"], "--config: not used with --api"),
         (["clients", "--pin", lab.pin, "--api", "http://127.0.0.1:1"], "--api: expected https://HOST:PORT"),
-        (["clients", "--pin", lab.pin, "--ip", "10.32.9.9"], "--ip and --groups go with --create NAME"),
+        (["clients", "--pin", lab.pin, "--ip", "10.32.9.9"], "--ip, --groups and --allowed go with --create"),
         (["apply", "--pin", lab.pin], "--config: required: apply sends the clients"),
     ]:
         assert run(argv) == 2

@@ -38,7 +38,7 @@ from naas.pop.api_schema import Route
 from naas.pop.limits import EnrollmentLimits
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # 127.0.0.1
-EXAMPLES = 20  # per operation and mode: 16 operations, about 20 s on 2 slow cores
+EXAMPLES = 20  # per operation and mode: 19 operations, about 25 s on 2 slow cores
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -66,6 +66,7 @@ def test_the_walk_sees_every_command() -> None:
         "graph",
         "draw",
         "demo",
+        "policy",
     } <= words
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
 
-from naas.model.config import ConfigError, is_valid_name, load_config, parse_config
+from naas.model.config import ConfigError, load_config, parse_config
+from naas.model.ids import is_valid_name
+from naas.model.policy import OPEN_POLICY, Action
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "naas.toml"
 
@@ -105,3 +109,129 @@ def test_a_name_is_the_whole_text() -> None:
     assert is_valid_name("aws-web-1") and is_valid_name("a")
     for bad in ("abc\n", "", "-a", "a-", "A", "a b", "a" * 64, "é"):
         assert not is_valid_name(bad), repr(bad)
+
+
+# -- [policy] and allowed_addresses ----------------------------------------------------------
+
+POLICY = """
+[policy]
+default = "deny"
+[[policy.rule]]
+name = "ssh-from-ops"
+from = ["group:ops"]
+to = ["group:web", "member:desktop"]
+proto = "tcp"
+ports = ["22", "8000-8100"]
+action = "allow"
+[[policy.rule]]
+name = "lab-frames"
+from = ["cidr:10.9.0.0/24"]
+proto = "ethertype:0x88b5"
+action = "allow"
+"""
+
+
+def test_no_policy_is_the_open_policy() -> None:
+    config = parse_config(BASE)
+    assert config.policy == OPEN_POLICY and config.policy.is_open
+    assert config.client("desktop").allowed_addresses == ()
+
+
+def test_the_policy_table_is_parsed_in_order() -> None:
+    config = parse_config(BASE + POLICY)
+    policy = config.policy
+    assert policy.default is Action.DENY
+    assert [rule.name for rule in policy.rules] == ["ssh-from-ops", "lab-frames"]
+    ssh = policy.rules[0]
+    assert [str(s) for s in ssh.sources] == ["group:ops"]
+    assert [str(s) for s in ssh.destinations] == ["group:web", "member:desktop"]
+    assert (str(ssh.protocol), ssh.ports, ssh.action) == ("tcp", ((22, 22), (8000, 8100)), Action.ALLOW)
+    assert [str(s) for s in policy.rules[1].destinations] == ["any"]  # "to" left out: any
+    assert policy.as_json()["rule"][1]["proto"] == "ethertype:0x88b5"
+    assert config.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "problem"),
+    [
+        (('ports = ["22", "8000-8100"]', 'ports = ["0"]'), "policy.rule['ssh-from-ops'].ports", "not a port"),
+        (('default = "deny"', 'default = "block"'), "policy.default", "not allow or deny"),
+        (('proto = "tcp"', 'proto = "sctp"'), "policy.rule['ssh-from-ops'].proto", "not a protocol"),
+        (('from = ["group:ops"]', 'from = ["ops"]'), "policy.rule['ssh-from-ops'].from", "not a selector"),
+        (('name = "lab-frames"', 'name = "ssh-from-ops"'), "policy.rule['ssh-from-ops'].name", "used twice"),
+        (('action = "allow"\n[[policy.rule]]', 'action = "allow"\nlog = true\n[[policy.rule]]'),
+         "policy.rule['ssh-from-ops'].log", "unknown key"),
+        (('proto = "ethertype:0x88b5"', 'proto = "icmp"\nports = ["1"]'),
+         "policy.rule['lab-frames'].ports", "only tcp and udp have ports"),
+        (('default = "deny"', 'default = "deny"\nstrict = true'), "policy.strict", "unknown key"),
+    ],
+)  # fmt: skip
+def test_policy_errors_name_file_and_key(change: tuple[str, str], key: str, problem: str) -> None:
+    old, new = change
+    text = BASE + POLICY.replace(old, new, 1)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "site.toml")
+    message = str(caught.value)
+    assert message.startswith(f"site.toml: {key}: ") and problem in message, message
+    assert "\n" not in message
+
+
+def test_a_policy_that_is_not_a_table_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^naas.toml: policy: "):
+        parse_config('policy = "deny"\n' + BASE)
+
+
+def test_a_member_selector_naming_no_client_or_pop_is_a_warning() -> None:
+    text = BASE + POLICY.replace("member:desktop", "member:laptop").replace(
+        'from = ["group:ops"]', 'from = ["group:ops", "member:master"]'
+    )
+    config = parse_config(text, "site.toml")
+    assert config.warnings == (
+        "site.toml: policy.rule['ssh-from-ops'].to: member:laptop names no client or PoP of this file",
+    )
+
+
+def test_allowed_addresses_are_networks_inside_or_outside_the_subnet() -> None:
+    text = BASE.replace(
+        'name = "desktop"',
+        'name = "desktop"\nallowed_addresses = ["10.20.9.0/24", "192.168.1.7", "0.0.0.0/0"]',
+    )
+    config = parse_config(text)
+    assert config.client("desktop").allowed_addresses == (
+        IPv4Network("10.20.9.0/24"),
+        IPv4Network("192.168.1.7/32"),
+        IPv4Network("0.0.0.0/0"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ('["routers"]', "'routers' is not an IPv4 network in CIDR form"),
+        ('["10.20.9.1/24"]', "'10.20.9.1/24' has host bits set: the network is 10.20.9.0/24"),
+        ('["2001:db8::/64"]', "is not an IPv4 network"),
+        ("[7]", "7 is not an IPv4 network"),
+        ('"10.20.9.0/24"', "valid tuple"),
+        (str([f"10.{i}.0.0/16" for i in range(65)]).replace("'", '"'), "at most 64 networks"),
+    ],
+)
+def test_allowed_addresses_errors_name_the_client(value: str, problem: str) -> None:
+    text = BASE.replace('name = "desktop"', f'name = "desktop"\nallowed_addresses = {value}')
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "site.toml")
+    message = str(caught.value)
+    assert message.startswith("site.toml: client['desktop'].allowed_addresses: ") and problem in message, (
+        message
+    )
+
+
+def test_the_examples_commented_policy_and_router_are_valid_and_change_nothing() -> None:
+    text = EXAMPLE.read_text()
+    start = text.index("# Optional: a router")
+    toml_line = re.compile(r"^# (\[|[a-z_]+ = )")
+    uncommented = [line[2:] for line in text[start:].splitlines() if toml_line.match(line)]
+    config = parse_config(text[:start] + "\n".join(uncommented) + "\n")
+    assert config.client("office-router").allowed_addresses == (IPv4Network("192.168.50.0/24"),)
+    assert [rule.name for rule in config.policy.rules] == ["ssh-from-ops", "office-to-web"]
+    assert config.policy.default is Action.ALLOW
+    assert load_config(EXAMPLE).policy == OPEN_POLICY

@@ -65,6 +65,12 @@ def topology() -> Topology:
         relayed_packets=7,
         relayed_bytes=7000,
         learned_macs=5,
+        policy={
+            "connections": 3,
+            "hits": {"ssh-from-ops": 2},
+            "denied_in": {"default": 9, "ssh-from-ops": 0},
+            "denied_out": {"default": 1},
+        },
     )
 
 
@@ -144,6 +150,14 @@ def test_drops_by_reason() -> None:
     assert got == {"replay": 4.0, "no_route": 2.0}
 
 
+def test_policy_counters_by_rule_and_direction() -> None:
+    got = samples()
+    assert {s.labels["rule"]: s.value for s in got["naas_policy_flows_total"]} == {"ssh-from-ops": 2.0}
+    denied = {(s.labels["rule"], s.labels["direction"]): s.value for s in got["naas_policy_denied_total"]}
+    assert denied == {("default", "in"): 9.0, ("ssh-from-ops", "in"): 0.0, ("default", "out"): 1.0}
+    assert [s.value for s in got["naas_policy_connections"]] == [3.0]
+
+
 def test_node_wide_counters_and_gauges() -> None:
     got = samples()
 
@@ -177,6 +191,9 @@ def test_every_series_carries_the_network_and_nothing_else_is_exported() -> None
         "naas_members",
         "naas_links",
         "naas_learned_macs",
+        "naas_policy_flows_total",
+        "naas_policy_denied_total",
+        "naas_policy_connections",
     }
 
 

@@ -61,6 +61,7 @@ from naas.core.control_messages import (
 )
 from naas.core.cookie import mac_key, with_macs
 from naas.core.ethernet import ETHERTYPE_IPV4, build_frame
+from naas.core.flow import Flow, parse_flow_untrusted
 from naas.core.handshake import InitiatorHandshake
 from naas.core.network_document import (
     make_document,
@@ -74,6 +75,7 @@ from naas.model.codec import CodecError, b64e, certificate_from_bytes_untrusted,
 from naas.model.document import DocumentError, NetworkDocument, Revocation, parse_document_untrusted
 from naas.model.ids import BROADCAST_MAC, Endpoint
 from naas.model.network import MemberRecord
+from naas.model.policy import parse_policy
 from naas.pop.api import ROUTES_BY_OPERATION, ApiError, parse_body_untrusted
 from naas.pop.api_schema import ApplyRequest
 from naas.pop.invitations import (
@@ -238,6 +240,14 @@ RENEW_BODIES = [
         "signature": b64e(bytes(64)),
     }
 ]
+POLICY_JSON = {
+    "default": "deny",
+    "rule": [
+        {"name": "ssh", "from": ["group:ops", "member:alpha"], "to": ["cidr:10.9.0.0/24"], "proto": "tcp",
+         "ports": ["22", "8000-8100"], "action": "allow"},
+        {"name": "frames", "proto": "ethertype:0x88b5", "action": "deny"},
+    ],
+}  # fmt: skip
 DOCUMENTS = (
     make_document(
         AUTHORITY.private,
@@ -249,6 +259,16 @@ DOCUMENTS = (
         extra_sections={"rules": [{"from": "web", "to": "db", "port": 5432}]},
     ),
     make_document(AUTHORITY.private, network=NETWORK, version=1, issued_at=0, groups={}, revoked=()),
+    make_document(
+        AUTHORITY.private,
+        network=NETWORK,
+        version=8,
+        issued_at=1_800_000_000,
+        groups={},
+        revoked=(),
+        policy=parse_policy(POLICY_JSON),
+        allowed_addresses={2: ("10.9.0.0/24", "192.168.1.7/32")},
+    ),
 )
 CONTROL_MESSAGES = (*CONTROL_MESSAGES, Document(DOCUMENTS[0].body))
 CONTROL_JSON = [json.loads(encode_control(message)[1:]) for message in CONTROL_MESSAGES]
@@ -293,6 +313,7 @@ API_APPLY_BODIES = [
         "clients": [{"name": "web", "ip": "10.0.0.5", "groups": ["a", "b"]}, {"name": "db"}],
         "prune": True,
         "settings": {"name": "test-net", "subnet": "10.0.0.0/16", "mesh_port": 5640, "pops": []},
+        "policy": POLICY_JSON,
     }
 ]
 ENROLL_BODIES = [
@@ -341,6 +362,9 @@ CASES: dict[str, Case] = {
         wire.parse_cookie_reply_untrusted, hostile_bytes(WIRE_MESSAGES), (BadPacket,), (wire.CookieReply,)
     ),
     "naas.core.arp.parse_arp_untrusted": Case(parse_arp_untrusted, hostile_bytes(ARP_FRAMES), (BadPacket,)),
+    "naas.core.flow.parse_flow_untrusted": Case(
+        parse_flow_untrusted, hostile_bytes(ARP_FRAMES + DHCP_FRAMES), (BadPacket,), (Flow,)
+    ),
     "naas.core.dhcp.parse_dhcp_untrusted": Case(
         dhcp.parse_dhcp_untrusted, hostile_bytes(DHCP_FRAMES), (BadPacket,), (dhcp.DhcpRequest, type(None))
     ),
@@ -482,6 +506,7 @@ def test_the_valid_messages_parse(name: str) -> None:
         "naas.core.wire.parse_response_untrusted": WIRE_MESSAGES[1:2],
         "naas.core.wire.parse_cookie_reply_untrusted": WIRE_MESSAGES[2:],
         "naas.core.arp.parse_arp_untrusted": ARP_FRAMES,
+        "naas.core.flow.parse_flow_untrusted": ARP_FRAMES + DHCP_FRAMES,
         "naas.core.dhcp.parse_dhcp_untrusted": DHCP_FRAMES,
         "naas.core.offload.check_vnet_untrusted": [(offload.PLAIN_VNET_HDR, 60)],
         "naas.core.control_messages.decode_control_untrusted": [json.dumps(v).encode() for v in CONTROL_JSON],

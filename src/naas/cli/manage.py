@@ -1,7 +1,7 @@
 """Admin commands that change a live network: invite, revoke, apply, clients, members,
-token, db.
+policy, token, db.
 
-invite, revoke, apply, clients and members work either on a PoP host (``--config``,
+invite, revoke, apply, clients, members and policy work either on a PoP host (``--config``,
 ``--state-dir``, ``--store``) or at a PoP's REST API from anywhere (``--api URL --token
 T --pin P``); both ways run the same operations of pop/api.py and print the same
 (cli/remote.py). A refusal is one line and exit 2; nothing is half-done (every change is
@@ -11,8 +11,10 @@ within a second and the mesh spreads).
     naas invite [--client NAME]...        one single-use invitation URL per client
     naas revoke NAME                      cut a member off (every member within seconds)
     naas apply [--dry-run] [--prune]      make the store's clients those of naas.toml
-    naas clients [--create NAME [--ip IP] [--groups a,b] | --delete NAME]
+    naas clients [--create NAME [--ip IP] [--groups a,b] [--allowed CIDR,...] | --delete NAME]
     naas members [--groups NAME a,b]      members (with the PoP's view of them); regroup one
+    naas policy show [--json]             the network's policy (naas.toml's [policy])
+    naas policy trace FROM TO PROTO [PORT]  why a flow is allowed or denied, rule by rule
     naas token create --role admin|read   a bearer token for the REST API, shown once
     naas token list | delete NAME
     naas db upgrade | status              the store's schema (pop/migrate.py)
@@ -44,7 +46,7 @@ from naas.daemon.state import network_dir
 from naas.model.config import NetworkConfig
 from naas.pop import migrate
 
-PLAN_KEYS = ("added", "changed", "removed", "kept", "lines", "applied")  # `naas apply --json`
+PLAN_KEYS = ("added", "changed", "removed", "kept", "policy_changed", "lines", "applied")  # apply --json
 
 
 def cmd_invite(args: argparse.Namespace) -> int:
@@ -82,9 +84,15 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def apply_request(config: NetworkConfig, *, prune: bool, dry_run: bool) -> dict[str, Any]:
-    """The body of POST /v1/apply for naas.toml: its clients and its fixed settings."""
+    """The body of POST /v1/apply for naas.toml: its clients, its policy (the open one
+    without [policy]: the file is the policy's source of truth) and its fixed settings."""
     clients = [
-        {"name": spec.name, "ip": None if spec.ip is None else str(spec.ip), "groups": list(spec.groups)}
+        {
+            "name": spec.name,
+            "ip": None if spec.ip is None else str(spec.ip),
+            "groups": list(spec.groups),
+            "allowed_addresses": [str(network) for network in spec.allowed],
+        }
         for spec in control_call(applying.clients_of, config)
     ]
     network = config.network
@@ -94,7 +102,13 @@ def apply_request(config: NetworkConfig, *, prune: bool, dry_run: bool) -> dict[
         "mesh_port": network.mesh_port,
         "pops": [{"name": pop.name, "address": pop.address} for pop in config.pops],
     }
-    return {"clients": clients, "prune": prune, "dry_run": dry_run, "settings": settings}
+    return {
+        "clients": clients,
+        "prune": prune,
+        "dry_run": dry_run,
+        "settings": settings,
+        "policy": config.policy.as_json(),
+    }
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -107,7 +121,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         else:
             raise BadInput("--config: required: apply sends the clients of this naas.toml")
         result = api.call("apply", body=apply_request(config, prune=args.prune, dry_run=args.dry_run))
-    empty = not (result["added"] or result["changed"] or result["removed"])
+    empty = not (result["added"] or result["changed"] or result["removed"] or result["policy_changed"])
     if args.json:
         print(json.dumps({key: result[key] for key in PLAN_KEYS}, indent=2))
         return EXIT_OK
@@ -126,16 +140,27 @@ def _group_list(text: str) -> list[str]:
     return [group.strip() for group in text.split(",") if group.strip()]
 
 
+def _network_list(text: str) -> list[str]:
+    """``--allowed 10.9.0.0/24,192.168.5.7``: checked by the API (or here, locally, by the
+    same route)."""
+    return [network.strip() for network in text.split(",") if network.strip()]
+
+
 def _shown(groups: Sequence[str]) -> str:
     return ",".join(groups) or "-"
 
 
 def cmd_clients(args: argparse.Namespace) -> int:
-    if (args.ip is not None or args.groups is not None) and not args.create:
-        raise BadInput("--ip and --groups go with --create NAME")
+    if (args.ip is not None or args.groups is not None or args.allowed is not None) and not args.create:
+        raise BadInput("--ip, --groups and --allowed go with --create NAME")
     with api_for(args) as api:
         if args.create:
-            body = {"name": args.create, "ip": args.ip, "groups": _group_list(args.groups or "")}
+            body = {
+                "name": args.create,
+                "ip": args.ip,
+                "groups": _group_list(args.groups or ""),
+                "allowed_addresses": _network_list(args.allowed or ""),
+            }
             answer = api.call("create_client", body=body)
         elif args.delete:
             answer = api.call("delete_client", {"name": args.delete})
@@ -144,9 +169,12 @@ def cmd_clients(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer, indent=2))
     elif args.create:
+        allowed = answer["allowed_addresses"]
         say(
             f"client {answer['name']} added (ip {answer['ip'] or 'from the range'}, groups "
-            f"{_shown(answer['groups'])}); `naas invite --client {answer['name']}` lets it enroll"
+            f"{_shown(answer['groups'])}"
+            + (f", allowed addresses {_shown(allowed)}" if allowed else "")
+            + f"); `naas invite --client {answer['name']}` lets it enroll"
         )
     elif args.delete:
         revoked = answer["revoked_node_id"]
@@ -157,10 +185,16 @@ def cmd_clients(args: argparse.Namespace) -> int:
         )
     else:
         rows = [
-            (c["name"], c["ip"] or "-", _shown(c["groups"]), "yes" if c["enrolled"] else "no")
+            (
+                c["name"],
+                c["ip"] or "-",
+                _shown(c["groups"]),
+                "yes" if c["enrolled"] else "no",
+                _shown(c["allowed_addresses"]),
+            )
             for c in answer["clients"]
         ]
-        _table(("NAME", "IP", "GROUPS", "ENROLLED"), rows)
+        _table(("NAME", "IP", "GROUPS", "ENROLLED", "ALLOWED"), rows)
     return EXIT_OK
 
 
@@ -201,6 +235,49 @@ def cmd_members(args: argparse.Namespace) -> int:
             + (f" (this PoP's agent holds {held})" if held is not None else "")
         )
     return EXIT_OK
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        with api_for(args) as api:
+            answer = api.call("get_policy")
+        if args.json:
+            print(json.dumps(answer, indent=2))
+            return EXIT_OK
+        rules = answer["rule"]
+        count = f"{len(rules)} rule{'' if len(rules) == 1 else 's'}"
+        say(f"policy: {count}, default {answer['default']}" + ("" if rules else " (no rule)"))
+        rows = [
+            (
+                str(index),
+                rule["name"],
+                rule["action"],
+                rule["proto"],
+                ",".join(rule["ports"]) or "-",
+                ",".join(rule["from"]),
+                ",".join(rule["to"]),
+            )
+            for index, rule in enumerate(rules, 1)
+        ]
+        if rows:
+            _table(("RULE", "NAME", "ACTION", "PROTO", "PORTS", "FROM", "TO"), rows)
+        return EXIT_OK
+    body: dict[str, Any] = {"from": args.source, "to": args.destination, "proto": args.proto}
+    if args.port is not None:
+        if not (args.port.isascii() and args.port.isdigit()) or not 0 < int(args.port) < 65536:
+            raise BadInput(f"PORT: {args.port!r} is not a port (1-65535)")
+        body["port"] = int(args.port)
+    for key, value in (("src_ip", args.src_ip), ("dst_ip", args.dst_ip)):
+        if value is not None:
+            body[key] = value
+    with api_for(args) as api:
+        answer = api.call("trace_policy", body=body)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        for line in answer["lines"]:
+            say(line)
+    return EXIT_OK  # allowed or denied alike: the trace is the answer
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -283,6 +360,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     clients.add_argument("--ip", help="with --create: a fixed overlay address (default: one from the range)")
     clients.add_argument("--groups", metavar="A,B", help="with --create: its groups, comma-separated")
+    clients.add_argument(
+        "--allowed",
+        metavar="CIDR,...",
+        help="with --create: networks it may send from besides its own address (routers, bridged hosts)",
+    )
     clients.add_argument("--json", action="store_true", help="print the API's JSON answer")
     clients.set_defaults(func=cmd_clients)
 
@@ -296,6 +378,26 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     members_parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
     members_parser.set_defaults(func=cmd_members)
+
+    policy = sub.add_parser("policy", help="the network's policy: show it, or trace a flow through it")
+    actions = policy.add_subparsers(dest="action", metavar="ACTION", help="one of these:")
+    actions.required = True
+    show = actions.add_parser("show", help="the rules in order and the default")
+    _add_target_options(show)
+    show.add_argument("--json", action="store_true", help="print the policy as JSON (PUT /v1/policy's body)")
+    show.set_defaults(func=cmd_policy)
+    trace = actions.add_parser(
+        "trace", help="why a flow between two members is allowed or denied, rule by rule"
+    )
+    _add_target_options(trace)
+    trace.add_argument("source", metavar="FROM", help="the sending member (or client) name")
+    trace.add_argument("destination", metavar="TO", help="the receiving member (or client) name")
+    trace.add_argument("proto", metavar="PROTO", help="tcp, udp, icmp or ethertype:0xNNNN")
+    trace.add_argument("port", metavar="PORT", nargs="?", help="the destination port (tcp and udp)")
+    trace.add_argument("--src-ip", help="the flow's source address (default: FROM's overlay address)")
+    trace.add_argument("--dst-ip", help="the flow's destination address (default: TO's overlay address)")
+    trace.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    trace.set_defaults(func=cmd_policy)
 
     token = sub.add_parser("token", help="bearer tokens of the PoPs' REST API")
     add_store_options(token)

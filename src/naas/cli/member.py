@@ -265,9 +265,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     options = AgentOptions.from_args(args)
     state_dir = state_dir_of(args.state_dir)
     node_dir = member_dir(state_dir, args.network)
+    # the agent keeps the name it runs on: a host in two networks has naas0 for one and
+    # naas1 for the other, and each must come back on its own (daemon/state.py)
+    interface = args.interface or node_dir.load_interface() or DEFAULT_INTERFACE
     if args.foreground:
-        return run_agent(node_dir, args.interface, options)
-    info = start_agent(node_dir, args.interface, state_dir, options, quiet=args.json)
+        return run_agent(node_dir, interface, options)
+    info = start_agent(node_dir, interface, state_dir, options, quiet=args.json)
     if args.json:
         print(json.dumps(info, sort_keys=True))
     return EXIT_OK
@@ -369,6 +372,14 @@ def format_status(status: dict[str, Any]) -> str:
         revoked = ", ".join(f"{r['name']} (node {r['node_id']})" for r in document.get("revoked", []))
         said = f"network document version {document['version']}"
         lines += ["", f"{said}; revoked: {revoked}" if revoked else said]
+    policy = status.get("policy", {})
+    if policy.get("enforcing"):
+        rules, connections = policy["rules"], policy["connections"]
+        lines += ["", f"policy: default {policy['default']}, {rules} rules, {connections} connections"]
+        for key, label in (("denied_in", "denied on arrival"), ("denied_out", "not sent")):
+            counts = {k: v for k, v in policy.get(key, {}).items() if v}
+            if counts:
+                lines.append(f"  {label} by rule: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     drops = {k: v for k, v in status.get("drops", {}).items() if v}
     if drops:
         lines += ["", "dropped: " + ", ".join(f"{k}={v}" for k, v in drops.items())]
@@ -420,7 +431,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     up.add_argument("--foreground", action="store_true", help="run the agent attached (no background agent)")
     add_agent_options(up)
     up.add_argument(
-        "--interface", metavar="NAME", default=DEFAULT_INTERFACE, help="TAP device name (default %(default)s)"
+        "--interface",
+        metavar="NAME",
+        help=f"TAP device name (default: the one the agent last ran on, else {DEFAULT_INTERFACE})",
     )
     up.add_argument("--json", action="store_true", help="print the agent's name, interface, ip, pid as JSON")
     common(up)

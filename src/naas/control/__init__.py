@@ -6,6 +6,7 @@
     members.py     clients, invitations, groups, revocation, API tokens
     enrollment.py  an invitation redeemed; a certificate renewed
     apply.py       naas.toml compared with the store, and the difference applied
+    policy.py      the network's policy: shown, replaced, and flows traced through it
 
 Failures are ``ControlError``s (errors.py) with one line of text and the HTTP status the
 API answers with; the CLI prints the line and exits 2.

@@ -3,8 +3,9 @@
 
     redeem (store.py: one transaction) -> issue(grant): the address (addresses.choose_ip,
     with the clients' fixed addresses from the store), the client's groups from the
-    store, the CA's signature (pop/ca.py) -> the certificate, the members to start from
-    and the newest network document
+    store, the CA's signature (pop/ca.py) -> (a client with allowed addresses: a new
+    network document listing them under its node id, in the same transaction) -> the
+    certificate, the members to start from and the newest network document
 
 Errors: ``RedeemError`` (unknown, used, expired) and ``AddressPoolExhausted`` pass
 through for the server to count and answer; nothing else is caught here.
@@ -70,7 +71,8 @@ def enroll(
         )
         return issued[-1]
 
-    cert = net.store.redeem(token_hash, now, pop_name, issue, keys=(static_public, signing_public))
+    keys = (static_public, signing_public)
+    cert = net.store.redeem(token_hash, now, pop_name, issue, keys=keys, sign=net.sign)
     latest = net.store.latest_document()
     return Enrollment(cert, bool(issued), net.store.members(), latest[1] if latest else None)
 

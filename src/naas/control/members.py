@@ -12,12 +12,13 @@ import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from naas.control.errors import Conflict, Invalid, NotFound
 from naas.control.network import PopNetwork
 from naas.model.certificate import Certificate
-from naas.model.config import is_valid_name
+from naas.model.document import MAX_ALLOWED_ADDRESSES
+from naas.model.ids import is_valid_name
 from naas.pop.invitations import build_url, make_token, token_hash
 from naas.pop.store import InvitationRecord
 from naas.pop.store_control import ROLES, ClientRecord
@@ -49,6 +50,19 @@ def check_groups(groups: Sequence[str], where: str = "groups") -> tuple[str, ...
     return tuple(sorted(set(groups)))
 
 
+def check_allowed_addresses(
+    networks: Sequence[IPv4Network], where: str = "allowed_addresses"
+) -> tuple[IPv4Network, ...]:
+    """The networks a member may send from besides its own address: any IPv4 networks
+    (routed or bridged hosts need not be in the subnet), at most MAX_ALLOWED_ADDRESSES."""
+    if len(networks) > MAX_ALLOWED_ADDRESSES:
+        raise Invalid(f"{where}: at most {MAX_ALLOWED_ADDRESSES} networks")
+    for network in networks:
+        if not isinstance(network, IPv4Network):
+            raise Invalid(f"{where}: {network!r} is not an IPv4 network")
+    return tuple(sorted(set(networks)))
+
+
 def check_client_ip(net: PopNetwork, name: str, ip: IPv4Address | None) -> None:
     """A fixed address must be a host of the subnet, and no one else's."""
     if ip is None:
@@ -69,7 +83,13 @@ def check_client_ip(net: PopNetwork, name: str, ip: IPv4Address | None) -> None:
             raise Conflict(f"ip: {ip} is in use by member {cert.name!r}")
 
 
-def create_client(net: PopNetwork, name: str, ip: IPv4Address | None, groups: Sequence[str]) -> ClientRecord:
+def create_client(
+    net: PopNetwork,
+    name: str,
+    ip: IPv4Address | None,
+    groups: Sequence[str],
+    allowed_addresses: Sequence[IPv4Network] = (),
+) -> ClientRecord:
     if not is_valid_name(name):
         raise Invalid(f"name: {name!r} is not a client name (lowercase letters, digits, '-', at most 63)")
     if any(pop.name == name for pop in net.config.pops):
@@ -77,8 +97,9 @@ def create_client(net: PopNetwork, name: str, ip: IPv4Address | None, groups: Se
     if net.store.client(name) is not None:
         raise Conflict(f"client {name!r} exists")
     wanted = check_groups(groups)
+    allowed = check_allowed_addresses(allowed_addresses)
     check_client_ip(net, name, ip)
-    net.store.put_client(name, ip, wanted, net.clock(), net.sign)
+    net.store.put_client(name, ip, wanted, net.clock(), net.sign, allowed_addresses=allowed)
     record = net.store.client(name)
     assert record is not None
     return record

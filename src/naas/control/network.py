@@ -53,6 +53,8 @@ class PopNetwork:
             issued_at=int(self.clock()),
             groups=state.groups,
             revoked=state.revoked,
+            policy=state.policy,
+            allowed_addresses=state.allowed,
         ).body
 
     def live_info(self) -> NetworkInfo:

@@ -4,7 +4,7 @@ it into place, so that a failed init leaves nothing behind).
 
     ca.key (0600), ca.pub -> per PoP: keys (0600), certificate (groups ["pop"]), TLS key
     and certificate (the pin invitations carry), network.json, members.json
-    -> the store: the PoPs as members, the file's clients, document version 1
+    -> the store: the PoPs as members, the file's clients and policy, document version 1
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def make_network(
             [MemberRecord(certs[p.name], (p.mesh_endpoint,)) for p in info.pops if p.name != pop.name]
         )
     net = PopNetwork(config, store, net_dir, ca_private, known_info=info)
-    for spec in clients_of(config):
-        store.put_client(spec.name, spec.ip, spec.groups, now, net.sign)
-    store.publish(now, net.sign)  # a new CA: members start from its first document
+    writes = [spec.write() for spec in clients_of(config)]
+    if store.apply_changes(writes, (), config.policy, now, net.sign) is None:
+        store.publish(now, net.sign)  # a new CA: members start from a document it signed
     return info, certs

@@ -26,5 +26,6 @@ MAX_SESSIONS_PER_PEER = 3  # newest first: next, current, previous
 MAX_ENDPOINTS_PER_MEMBER = 4
 MAX_LEARNED_MACS = 4096
 LEARNED_MAC_TTL = 300.0
+MAC_MOVE_QUIET = 2.0  # a learnt MAC moves to another member only after this long unheard (core/switch.py)
 MAX_CONTROL_BYTES = 60000
 MAX_MEMBERS_PER_GOSSIP = 64

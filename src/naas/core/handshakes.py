@@ -1,7 +1,7 @@
 """Handshakes: NodeCore's Noise IK initiations and responses, and their flood protection.
 
-Theory of operation. NodeCore (core/node.py) inherits this class, as it inherits the
-data path (core/datapath.py) through it; the state is NodeCore's. A member with no
+Theory of operation. NodeCore (core/node.py) inherits this class; the state is
+NodeCore's, and what it sends goes out through the data path (core/datapath.py). A member with no
 session to send on calls ``_initiate``: a fresh Noise IK initiation (core/handshake.py)
 carrying a strictly increasing timestamp and the member's certificate, its MACs filled
 in (core/cookie.py: mac2 when the responder gave us a cookie lately), sent to every
@@ -14,7 +14,7 @@ to ``_initiation_received``: the Noise work, then the certificate (signed by the
 CA, naming the Noise static key and the outer header's node id), then the timestamp.
 The response goes back where the initiation came from; the new session stays
 unconfirmed, and the peer's endpoint unmoved, until DATA on it opens
-(``DataPath._message_received``). The initiator's ``_response_received`` completes its
+(core/outside.py, ``Outside._message_received``). The initiator's ``_response_received`` completes its
 handshake and sends at once on the new session, which confirms it.
 ``_cookie_reply_received`` keeps a responder's cookie and sends the initiation again
 with mac2.
@@ -24,14 +24,20 @@ Anything malformed or unauthenticated raises BadPacket, counted by the data path
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING
 
 from naas.core.cookie import COOKIE_LIFETIME, CookieResponder, Verdict, mac_key, open_cookie_reply, with_macs
 from naas.core.crypto import certificate_problem
-from naas.core.datapath import DataPath
+from naas.core.firewall import Firewall
 from naas.core.handshake import HandshakeError, InitiatorHandshake, ResponderHandshake
+from naas.core.membership_sync import MembershipSync
+from naas.core.mesh_routes import MeshRoutes
 from naas.core.peer import Address, Peer, PendingHandshake
 from naas.core.session import Session
+from naas.core.switch import MacTable
 from naas.core.wire import (
     HANDSHAKE_TIMESTAMP,
     INITIATION_MIN,
@@ -46,15 +52,37 @@ from naas.core.wire import (
     parse_response_untrusted,
 )
 from naas.model.codec import CodecError, certificate_from_bytes_untrusted
+from naas.model.ids import NodeId
 from naas.model.network import MemberRecord, NetworkInfo
+
+if TYPE_CHECKING:
+    from naas.core.datapath import DataPath
+    from naas.core.roster import LocalIdentity
 
 _KEEPALIVE = bytes((INNER_KEEPALIVE,))
 
 
-class Handshakes(DataPath):
+class Handshakes:
     """NodeCore's handshakes. Never made on its own: NodeCore sets up the state below."""
 
     # -- NodeCore's state, declared here for the methods below (see NodeCore.__init__) --
+    identity: LocalIdentity
+    node_id: NodeId
+    drops: Counter[DropReason]
+    peers: dict[int, Peer]
+    mac_table: MacTable
+    firewall: Firewall
+    membership: MembershipSync
+    routes: MeshRoutes
+    datapath: DataPath  # core/datapath.py: sends what the handshakes make
+    _by_index: dict[int, tuple[Peer, Session]]  # local session index -> its peer and session
+    _member_addresses: dict[Address, int]  # members' direct endpoints (relay check)
+    _ip_to_node: dict[IPv4Address, int]  # members' addresses (ARP answers)
+    _revoked: frozenset[int]  # node ids the network document revoked (core/roster.py)
+    _datagrams_out: list[tuple[bytes, Address]]  # the data path's (the same list)
+    _send_inner: Callable[..., None]  # DataPath.send_inner
+    _address_for: Callable[[Peer], Address | None]  # DataPath.address_for
+    _endpoint_confirmed: Callable[[Peer, Address, float], None]  # DataPath.endpoint_confirmed
     network: NetworkInfo
     cookies: CookieResponder
     _random: Callable[[int], bytes]
@@ -128,7 +156,7 @@ class Handshakes(DataPath):
     def _initiation_received(self, datagram: bytes, address: Address, relayed: bool, now: float) -> None:
         """An initiation that `_initiation_verdict` let through: the Noise handshake. The
         member's endpoint does not move here: only data on the new session, which a
-        replayed initiation cannot produce, moves it (`_message_received`)."""
+        replayed initiation cannot produce, moves it (core/outside.py)."""
         initiation = parse_initiation_untrusted(datagram)
         handshake = ResponderHandshake(
             local_static_private=self.identity.static_private, prologue=self._prologue
@@ -214,6 +242,10 @@ class Handshakes(DataPath):
         raise RuntimeError("cannot find a free session index")
 
     # -- NodeCore's part (core/node.py), called from here --------------------------------
+
+    def _session_ready(self, peer: Peer, now: float) -> None:
+        """A session became usable for sending (its first message was opened)."""
+        raise NotImplementedError
 
     def _learn_member(
         self, record: MemberRecord, now: float, *, gossip: bool, source: int | None = None

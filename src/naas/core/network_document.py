@@ -17,7 +17,8 @@ keeps member tables in step also finds members with an older document.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Network
 from typing import Any
 
 from naas.core.crypto import ed25519_sign, ed25519_verify
@@ -33,6 +34,7 @@ from naas.model.document import (
     unsigned_fields,
 )
 from naas.model.network import NetworkInfo
+from naas.model.policy import OPEN_POLICY, Policy
 
 DOCUMENT_NODE = 0  # the document's entry in the member table's version list (never a node id)
 
@@ -43,12 +45,25 @@ def make_document(
     network: str,
     version: int,
     issued_at: int,
-    groups: Mapping[int, tuple[str, ...]],
-    revoked: tuple[Revocation, ...],
+    groups: Mapping[int, Sequence[str]],
+    revoked: Sequence[Revocation],
     extra_sections: Mapping[str, Any] | None = None,
+    policy: Policy = OPEN_POLICY,
+    allowed_addresses: Mapping[int, Sequence[IPv4Network | str]] | None = None,
 ) -> NetworkDocument:
-    """A new version of the document, signed by the CA."""
-    unsigned = unsigned_fields(network, version, issued_at, groups, revoked, extra_sections)
+    """A new version of the document, signed by the CA. ``policy`` (open: no section) and
+    ``allowed_addresses`` (node id -> networks; none: no section) are left out of the
+    document when they say nothing."""
+    unsigned = unsigned_fields(
+        network,
+        version,
+        issued_at,
+        groups,
+        revoked,
+        extra_sections,
+        policy=policy,
+        allowed_addresses=allowed_addresses,
+    )
     body = encode_signed(unsigned, ed25519_sign(ca_private, signed_message(unsigned)))
     document, _, _ = parse_document_untrusted(body)  # one reading of every document
     return document

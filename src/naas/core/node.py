@@ -14,10 +14,13 @@ Theory of operation. The driver feeds events in and drains effects out:
         -> take_events()     [NodeEvent] to log
 
 The data path (frames switched and sealed, datagrams relayed or opened, FRAGMENT pieces
-joined, the offload fast path) is core/datapath.py, the handshakes (Noise IK
-initiations and responses, cookies under load) core/handshakes.py, and the members
-core/roster.py; NodeCore inherits all three (DataPath <- Handshakes <- Roster). It
-owns all the state and sets it up here, and decides who gets a session and when. A
+joined, the policy applied, the offload fast path) is an object NodeCore holds
+(``datapath``, core/datapath.py), given the collaborators it shares with the node and
+the hooks it calls back (``DataPathHooks``); the driver's input methods and ``take_``
+methods are the data path's own. The handshakes (Noise IK initiations and responses,
+cookies under load, core/handshakes.py) and the members (core/roster.py) are parts of
+NodeCore (Handshakes <- Roster <- NodeCore). NodeCore owns the state they share, sets it
+up here, and decides who gets a session and when. A
 member with no session to send on gets an initiation, retried until answered (its
 frames wait in a short queue); the peer's certificate, signed by the network CA,
 travels inside the encrypted handshake payload and must match the Noise static key.
@@ -68,13 +71,15 @@ from naas.core.control_messages import (
 )
 from naas.core.cookie import CookieResponder
 from naas.core.crypto import KEY_LEN
-from naas.core.datapath import LOOPBACK, warm_up_frame
+from naas.core.datapath import LOOPBACK, DataPath, DataPathHooks, warm_up_frame
+from naas.core.firewall import Firewall, MemberFacts, networks
 from naas.core.fragments import one_run_limit, piece_size_for
 from naas.core.handshake import TransportKeys
 from naas.core.link_state_sync import LinkStateSync
 from naas.core.loss import SPLIT_HOLD
 from naas.core.membership_sync import MembershipSync
-from naas.core.peer import Address, Peer
+from naas.core.peer import Address, LinkEvent, LinkState, Peer
+from naas.core.policy import Party
 from naas.core.roster import LocalIdentity as LocalIdentity  # re-exported: the drivers build it
 from naas.core.roster import NodeEvent as NodeEvent
 from naas.core.roster import Roster
@@ -83,7 +88,6 @@ from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER
 from naas.core.switch import MacTable
 from naas.core.topology import CONNECTING_FOR, LinkView, MemberView, Reach, Topology
 from naas.core.wire import (
-    ETHERNET_HEADER_LEN,
     PROLOGUE_PREFIX,
     DropReason,
 )
@@ -91,6 +95,7 @@ from naas.model.codec import certificate_to_bytes
 from naas.model.document import NetworkDocument
 from naas.model.ids import format_mac
 from naas.model.network import MemberRecord, NetworkInfo
+from naas.model.policy import OPEN_POLICY
 
 DHCP_LEASE_SECONDS = 3600
 
@@ -131,27 +136,17 @@ class NodeCore(Roster):
         self._by_index: dict[int, tuple[Peer, Session]] = {}
         self.cookies = CookieResponder(identity.certificate.static_public, random_bytes, now)
         self._pending_by_index: dict[int, Peer] = {}
-        self._datagrams_out: list[tuple[bytes, Address]] = []
-        # coalesced datagrams: (run, to, segment size)
-        self._runs_out: list[tuple[bytes | bytearray, Address, int]] = []
-        self._frames_out: list[bytes | memoryview] = []
         # naas0 reads and writes carry a virtio-net header (daemon/tap.py, core/offload.py)
         self.tap_offload = tap_offload
         self._events: list[NodeEvent] = []
         self._link_was_up: dict[int, bool] = {}
         self._next_deadline = now
         self.mac_table = MacTable(self.node_id)
-        self._max_frame = mtu + ETHERNET_HEADER_LEN + 4  # one VLAN tag allowed
-        self._max_single_inner = 1 + self._max_frame  # larger inners travel as FRAGMENTs
-        self._piece_size = piece_size_for(mtu)
+        piece_size = piece_size_for(mtu)
         # the pieces of the largest super-frame: what one lost datagram costs (core/loss.py)
-        self._superframe_pieces = -(-one_run_limit(self._piece_size) // self._piece_size)
-        self._node_id_bytes = self.node_id.to_bytes(4, "big")
-        self._max_mss = mtu - 40
+        self._superframe_pieces = -(-one_run_limit(piece_size) // piece_size)
         self._ip_to_node: dict[IPv4Address, int] = {}
         self._member_addresses: dict[Address, int] = {}  # direct endpoints -> node (relay check)
-        self.relayed_packets = 0
-        self.relayed_bytes = 0
         self.link_state = LinkStateSync(
             self.node_id,
             identity.signing_private,
@@ -178,10 +173,10 @@ class NodeCore(Roster):
             send_inner=self._send_inner,
             document=self._document_held,
         )
-        self._dhcp: dhcp.DhcpResponder | None = None
+        dhcp_responder: dhcp.DhcpResponder | None = None
         own_ip = identity.certificate.ip
         if network.subnet is not None and own_ip is not None:
-            self._dhcp = dhcp.DhcpResponder(
+            dhcp_responder = dhcp.DhcpResponder(
                 server_mac=self.mac,
                 server_ip=own_ip.ip,
                 subnet=network.subnet,
@@ -189,11 +184,59 @@ class NodeCore(Roster):
                 gateway=network.gateway,
                 mtu=mtu,
             )
+        own_party = Party(self.node_id, identity.certificate.name, frozenset(identity.certificate.groups))
+        self.firewall = Firewall(own_party, self._member_facts, self.drops, layer3=own_ip is not None)
+        self.datapath = DataPath(
+            node_id=self.node_id,
+            mac=self.mac,
+            mtu=mtu,
+            tap_offload=tap_offload,
+            drops=self.drops,
+            peers=self.peers,
+            by_index=self._by_index,
+            mac_table=self.mac_table,
+            firewall=self.firewall,
+            routes=self.routes,
+            membership=self.membership,
+            cookies=self.cookies,
+            member_addresses=self._member_addresses,
+            ip_to_node=self._ip_to_node,
+            dhcp_responder=dhcp_responder,
+            hooks=DataPathHooks(
+                activate=self._activate,
+                initiate=self._initiate,
+                session_ready=self._session_ready,
+                control_received=self._control_received,
+                initiation_verdict=self._initiation_verdict,
+                initiation_received=self._initiation_received,
+                response_received=self._response_received,
+                cookie_reply_received=self._cookie_reply_received,
+                revoked=lambda: self._revoked,
+                standing_threshold=lambda: self._standing_threshold,
+                own_ip=lambda: self.identity.certificate.ip,
+            ),
+        )
+        datapath = self.datapath
+        # the driver's entry points are the data path's own (no call in between)
+        self.tap_frames_received = datapath.tap_frames_received
+        self.datagrams_received = datapath.datagrams_received
+        self.runs_received = datapath.runs_received
+        self.express_send = datapath.express_send
+        self.express_receive = datapath.express_receive
+        self.warm_up = datapath.warm_up
+        self.take_datagrams = datapath.take_datagrams
+        self.take_runs = datapath.take_runs
+        self.take_all_datagrams = datapath.take_all_datagrams
+        self.take_frames = datapath.take_frames
+        # what the handshakes and the sync modules send through
+        self._datagrams_out = datapath.datagrams_out
+        self._address_for = datapath.address_for
+        self._endpoint_confirmed = datapath.endpoint_confirmed
         if document is not None:
             self.document_received(document, now)
         for record in members:
             self._learn_member(record, now, gossip=False)
-        self._loopback = self._loopback_session(now)
+        datapath.loopback = self._loopback_session(now)
 
     def _loopback_session(self, now: float) -> tuple[Peer, Session, bytes]:
         """A session of this node with itself, under a random key that never leaves it, for
@@ -202,10 +245,49 @@ class NodeCore(Roster):
         keys = TransportKeys(send_key=key, receive_key=key, handshake_hash=b"")
         index = self._new_index()
         session = Session(keys, local_index=index, remote_index=index, is_initiator=True, now=now)
-        peer = Peer(self.identity.certificate, current_endpoint=LOOPBACK, direct_up=True)
+        peer = Peer(self.identity.certificate, current_endpoint=LOOPBACK)
+        peer.link_event(LinkEvent.PROBE_ANSWERED)  # its "link" is always up
         peer.sessions.append(session)
         self._by_index[index] = (peer, session)
         return peer, session, warm_up_frame(self.mac)
+
+    # -- what the firewall knows of members (core/firewall.py) --------------------------------
+
+    def _member_facts(self, node: int) -> MemberFacts | None:
+        """A member's identity and addresses as the policy and port security see them:
+        its certificate, with the groups and allowed addresses of the network document."""
+        if node == self.node_id:
+            cert = self.identity.certificate
+        else:
+            peer = self.peers.get(node)
+            if peer is None:
+                return None
+            cert = peer.certificate
+        document = self.document
+        allowed = document.allowed_addresses.get(node, ()) if document is not None else ()
+        party = Party(node, cert.name, frozenset(self.groups_of(cert)))
+        return MemberFacts(party, int(cert.ip.ip) if cert.ip is not None else 0, networks(allowed))
+
+    def _policy_changed(self) -> None:
+        """The document or our identity changed: the firewall decides with the new ones."""
+        document = self.document
+        facts = self._member_facts(self.node_id)
+        assert facts is not None
+        self.firewall.configure(document.policy if document is not None else OPEN_POLICY, facts.party)
+
+    # -- the data path's, for status and the sync modules ----------------------------------
+
+    @property
+    def relayed_packets(self) -> int:
+        return self.datapath.outside.relayed_packets
+
+    @property
+    def relayed_bytes(self) -> int:
+        return self.datapath.outside.relayed_bytes
+
+    def _send_inner(self, peer: Peer, inner: bytes, now: float, address: Address | None = None) -> None:
+        """`DataPath.send_inner` (for the handshakes and the sync modules, made before it)."""
+        self.datapath.send_inner(peer, inner, now, address)
 
     # -- effects --------------------------------------------------------------------------
 
@@ -281,8 +363,7 @@ class NodeCore(Roster):
                 stats = peer.stats
                 stats.rtt = rtt if stats.rtt is None else 0.75 * stats.rtt + 0.25 * rtt
                 stats.unanswered = 0
-                if not peer.direct_up:
-                    peer.direct_up = True
+                if peer.link_event(LinkEvent.PROBE_ANSWERED):
                     self.link_state.update_local_links(now)
                     # a batched link-up is advertised by the timer: make it come in time
                     self._next_deadline = min(self._next_deadline, now + LINK_STATE_BATCH_INTERVAL)
@@ -313,15 +394,12 @@ class NodeCore(Roster):
             pending = peer.pending
             if pending is not None:
                 if now - pending.first_sent_at > REKEY_ATTEMPT_TIME:
-                    self._pending_by_index.pop(pending.local_index, None)
-                    peer.pending = None
-                    peer.next_attempt_at = now + peer.attempt_backoff
-                    peer.attempt_backoff = min(peer.attempt_backoff * 2, 30.0)
+                    self._expired_handshake_attempt(peer, now)
                 elif now - pending.last_sent_at >= REKEY_TIMEOUT:
-                    self._initiate(peer, now)
+                    self._expired_retransmit_handshake(peer, now)
             wanted = self._wanted(peer, now)
-            if not wanted and peer.direct_up:
-                peer.direct_up = False  # an on-demand link gone idle: stop measuring it, withdraw it
+            if not wanted and peer.link is LinkState.UP:
+                self._link_went_idle(peer)
             session = peer.send_session(now)
             silent = now - (peer.stats.last_rx if peer.stats.last_rx is not None else -1e9)
             if (
@@ -343,7 +421,7 @@ class NodeCore(Roster):
                 self._initiate(peer, now)
                 peer.next_attempt_at = now + REHANDSHAKE_AFTER_MISSES * PROBE_INTERVAL
             if wanted and session is not None and now >= peer.next_probe_at:
-                self._probe(peer, now)
+                self._expired_probe_interval(peer, now)
             if session is not None:
                 self._report_loss(peer, now)
             up = peer.link_up(now)
@@ -358,9 +436,29 @@ class NodeCore(Roster):
                 deadline = min(deadline, peer.next_probe_at)
             if not (wanted or peer.sessions or peer.pending or peer.queue):
                 del self._tracked[peer.node_id]  # idle: nothing to do until frames flow
+        if self.firewall.connections:
+            self.firewall.connections.expire(now)  # idle connections out, a bounded number per call
         link_state_at = self.link_state.timer_fired(now)
         gossip_at = self.membership.timer_fired(now)
         self._next_deadline = max(now + 0.01, min(deadline, gossip_at, link_state_at))
+
+    def _expired_handshake_attempt(self, peer: Peer, now: float) -> None:
+        """REKEY_ATTEMPT_TIME without a response: give up, try again after a backoff."""
+        pending = peer.pending
+        assert pending is not None
+        self._pending_by_index.pop(pending.local_index, None)
+        peer.pending = None
+        peer.next_attempt_at = now + peer.attempt_backoff
+        peer.attempt_backoff = min(peer.attempt_backoff * 2, 30.0)
+
+    def _expired_retransmit_handshake(self, peer: Peer, now: float) -> None:
+        """REKEY_TIMEOUT without a response: a new initiation (a new ephemeral key)."""
+        self._initiate(peer, now)
+
+    def _link_went_idle(self, peer: Peer) -> None:
+        """An on-demand link no frame used for IDLE_LINK_AFTER: stop measuring and
+        advertising it (the routes still reach the member through others)."""
+        peer.link_event(LinkEvent.WENT_IDLE)
 
     def _report_loss(self, peer: Peer, now: float) -> None:
         """Tell ``peer`` how many of its messages were lost, if some were (core/loss.py)."""
@@ -370,14 +468,14 @@ class NodeCore(Roster):
             peer.stats.rx_lost += lost
             self._send_control(peer, LossReport(opened, lost), now)
 
-    def _probe(self, peer: Peer, now: float) -> None:
-        """Probe the direct link to ``peer`` (never relayed). A miss makes the next probe
+    def _expired_probe_interval(self, peer: Peer, now: float) -> None:
+        """Time to probe the direct link to ``peer`` (never relayed). A miss makes the next probe
         come sooner; LINK_DOWN_AFTER_MISSES misses in a row take the link down, and the
         routes then send through another member until a probe is answered again."""
         stats = peer.stats
         misses = stats.unanswered
-        if misses >= LINK_DOWN_AFTER_MISSES and peer.direct_up:
-            peer.direct_up = False
+        if misses >= LINK_DOWN_AFTER_MISSES and peer.link is LinkState.UP:
+            peer.link_event(LinkEvent.PROBES_MISSED)
             stats.rtt = None  # measured again when probes are answered
             self.link_state.update_local_links(now, urgent=True)
         address = peer.current_endpoint or (peer.endpoints[0] if peer.endpoints else None)
@@ -467,6 +565,7 @@ class NodeCore(Roster):
             document_version=self.document.version if self.document is not None else 0,
             document_applied_at=round(self.document_applied_at, 3),
             revoked=tuple((r.node_id, r.name) for r in self.document.revoked) if self.document else (),
+            policy=self.firewall.status(),
         )
 
     def _live_links(self) -> tuple[LinkView, ...]:

@@ -74,6 +74,8 @@ from naas.core.wire import ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, IPV6_HEADER_LEN
 
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 VNET_HDR_LEN = 10
+VNET_FLAGS = 0  # VNET_HDR's flags byte (VNET_NEEDS_CSUM, VNET_DATA_VALID)
+VNET_GSO_TYPE = 1  # its gso_type byte: non-zero for a super-frame
 VNET_NEEDS_CSUM = 1
 VNET_DATA_VALID = 2
 GSO_NONE = 0

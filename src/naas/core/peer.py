@@ -5,10 +5,25 @@ Sessions are held newest first (at most three: the one being confirmed, the one 
 use, the previous one still accepted while the other side switches). The session we
 send on is the newest *confirmed* one. Pure data plus small helpers; the protocol
 decisions are made by NodeCore.
+
+The direct link to a member is a state machine (``LinkState``, ``LINK_TRANSITIONS``),
+driven by what NodeCore sees happen (``LinkEvent``)::
+
+              probe_answered                     probes_missed
+    DOWN -------------------------> UP -------------------------> DOWN
+    IDLE -------------------------> UP -------------------------> IDLE
+              probe_answered             went_idle
+
+``UP`` means probes to its endpoint are answered: frames go straight there, and the link
+is advertised in link state (core/link_state_sync.py). ``DOWN``: not answered (yet, or
+any more); the routes send through another member. ``IDLE``: an on-demand link no frame
+has used for a while (core/standing.py): no longer measured or advertised. ``removed``
+(the member was revoked) takes any state to ``DOWN``.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -24,6 +39,31 @@ from naas.model.certificate import Certificate
 from naas.model.ids import Endpoint
 
 Address = tuple[str, int]
+
+
+class LinkState(enum.Enum):
+    DOWN = "down"
+    UP = "up"
+    IDLE = "idle"
+
+
+class LinkEvent(enum.Enum):
+    PROBE_ANSWERED = "probe_answered"  # a probe came back on the direct path
+    PROBES_MISSED = "probes_missed"  # LINK_DOWN_AFTER_MISSES probes in a row were not
+    WENT_IDLE = "went_idle"  # no frames for IDLE_LINK_AFTER, and not a standing link
+    REMOVED = "removed"  # the network document revoked the member
+
+
+LINK_TRANSITIONS: dict[tuple[LinkState, LinkEvent], LinkState] = {
+    (LinkState.DOWN, LinkEvent.PROBE_ANSWERED): LinkState.UP,
+    (LinkState.IDLE, LinkEvent.PROBE_ANSWERED): LinkState.UP,
+    (LinkState.UP, LinkEvent.PROBE_ANSWERED): LinkState.UP,  # every answer: stays up
+    (LinkState.UP, LinkEvent.PROBES_MISSED): LinkState.DOWN,
+    (LinkState.UP, LinkEvent.WENT_IDLE): LinkState.IDLE,
+    (LinkState.UP, LinkEvent.REMOVED): LinkState.DOWN,
+    (LinkState.DOWN, LinkEvent.REMOVED): LinkState.DOWN,
+    (LinkState.IDLE, LinkEvent.REMOVED): LinkState.DOWN,
+}
 
 
 @dataclass(slots=True)
@@ -66,7 +106,8 @@ class Peer:
     attempt_backoff: float = 1.0
     probe_seq: int = 0
     greeted: bool = False  # a session_started event was logged
-    direct_up: bool = False  # our probes to its endpoint are answered (see NodeCore)
+    link: LinkState = LinkState.DOWN  # the direct link (module docstring); changed by link_event
+    direct_up: bool = False  # link is UP: a copy for the data path's per-frame checks
     relayed_via: int | None = None  # next hop while the direct link is down
     standing_score: float = 0.0  # core/standing.py: a standing link if below the threshold
     document_version: int = 0  # of the network document it holds, as far as we know (0: unknown)
@@ -82,6 +123,18 @@ class Peer:
     @property
     def name(self) -> str:
         return self.certificate.name
+
+    def link_event(self, event: LinkEvent) -> bool:
+        """``event`` happened to the direct link: take the transition LINK_TRANSITIONS
+        gives; True if the state changed. An event the table has no transition for, from
+        the current state, is our own mistake and raises ValueError."""
+        new = LINK_TRANSITIONS.get((self.link, event))
+        if new is None:
+            raise ValueError(f"link to {self.name}: no transition from {self.link.value} on {event.value}")
+        changed = new is not self.link
+        self.link = new
+        self.direct_up = new is LinkState.UP
+        return changed
 
     def send_session(self, now: float) -> Session | None:
         for session in self.sessions:

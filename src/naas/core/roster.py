@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 from naas.core.constants import MAX_ENDPOINTS_PER_MEMBER
 from naas.core.crypto import certificate_problem
+from naas.core.firewall import Firewall
 from naas.core.handshakes import Handshakes
 from naas.core.link_state_sync import LinkStateSync
 from naas.core.network_document import open_document_untrusted
-from naas.core.peer import Peer
+from naas.core.peer import LinkEvent, Peer
 from naas.core.standing import pair_score, standing_threshold
 from naas.core.wire import DropReason
 from naas.model.certificate import Certificate
@@ -62,6 +63,7 @@ class Roster(Handshakes):
     document_applied_at: float  # wall clock
     revoked: bool  # this member is revoked: the driver stops
     _events: list[NodeEvent]
+    firewall: Firewall
     _link_was_up: dict[int, bool]
     _next_deadline: float
 
@@ -89,6 +91,7 @@ class Roster(Handshakes):
         self.identity = LocalIdentity(certificate, identity.static_private, identity.signing_private)
         self._own_cert_bytes = certificate_to_bytes(certificate)
         self.membership.own_certificate_changed(certificate, now)
+        self._policy_changed()
         return True
 
     def _learn_member(
@@ -117,6 +120,8 @@ class Roster(Handshakes):
             self._events.append(NodeEvent("member_updated", cert.node_id, cert.name, "new certificate"))
             self.membership.table_changed()
             changed = True
+        if changed:
+            self.firewall.members_changed()
         if cert.ip is not None:
             self._ip_to_node[cert.ip.ip] = cert.node_id
         for endpoint in record.endpoints:
@@ -167,6 +172,7 @@ class Roster(Handshakes):
         self.document = document
         self.document_applied_at = now + self._wall_offset  # wall clock, for status
         self._events.append(NodeEvent("document", 0, "", f"version={document.version}"))
+        self._policy_changed()
         newly_revoked = document.revoked_ids - self._revoked
         self._revoked = document.revoked_ids
         for node in sorted(newly_revoked):
@@ -194,10 +200,12 @@ class Roster(Handshakes):
         for ip in [ip for ip, n in self._ip_to_node.items() if n == node]:
             del self._ip_to_node[ip]
         self.mac_table.forget_node(node)
+        self.firewall.member_removed(node)
         self.membership.table_changed()
         self._events.append(NodeEvent("member_revoked", node, peer.name))
-        if peer.direct_up:
-            peer.direct_up = False
+        was_up = peer.direct_up
+        peer.link_event(LinkEvent.REMOVED)
+        if was_up:
             self.link_state.update_local_links(now, urgent=True)
 
     def groups_of(self, cert: Certificate) -> tuple[str, ...]:
@@ -211,6 +219,10 @@ class Roster(Handshakes):
         return [own] + [MemberRecord(p.certificate, p.public_endpoints()) for p in self.peers.values()]
 
     # -- NodeCore's part (core/node.py), called from here --------------------------------
+
+    def _policy_changed(self) -> None:
+        """The document or our identity changed: tell the firewall (core/firewall.py)."""
+        raise NotImplementedError
 
     def _wanted(self, peer: Peer, now: float) -> bool:
         """Whether a direct link to ``peer`` is kept (standing, or frames flowed lately)."""

@@ -102,6 +102,7 @@ class Topology:
     document_version: int = 0  # of the network document held; 0: none yet
     document_applied_at: float = 0.0  # when this member took it (Unix seconds, its clock)
     revoked: tuple[tuple[int, str], ...] = ()  # (node id, name) the document revokes
+    policy: dict[str, Any] = field(default_factory=dict)  # core/firewall.py Firewall.status()
 
     @property
     def me(self) -> MemberView:
@@ -137,6 +138,7 @@ class Topology:
             "relayed": {"packets": self.relayed_packets, "bytes": self.relayed_bytes},
             "drops": dict(sorted(self.drops.items())),
             "learned_macs": self.learned_macs,
+            "policy": self.policy,
             "graph": {
                 "local": self.local,
                 "nodes": [
@@ -208,9 +210,24 @@ class Topology:
                     (_int(r["node_id"], "document.revoked.node_id"), _str(r["name"], "document.revoked.name"))
                     for r in revoked
                 ),
+                policy=_policy(data.get("policy", {})),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise TopologyError(f"missing or malformed field: {exc}") from None
+
+
+def _policy(raw: Any) -> dict[str, Any]:
+    """The status's policy object: its counters checked, the rest kept as it is."""
+    if not isinstance(raw, dict):
+        raise TopologyError("policy: not an object")
+    for key in ("hits", "denied_in", "denied_out"):
+        counters = raw.get(key, {})
+        if not isinstance(counters, dict):
+            raise TopologyError(f"policy.{key}: not an object")
+        for rule, count in counters.items():
+            _str(rule, f"policy.{key}")
+            _int(count, f"policy.{key}.{rule}")
+    return raw
 
 
 def _member(row: Any, where: str) -> MemberView:

@@ -87,6 +87,129 @@ IPV6_HEADER_LEN = 40
 ETHERNET_HEADER_LEN = 14
 MAX_DATAGRAM = 65535
 
+# -- inner frame layouts (network byte order) ----------------------------------------------
+# What a FRAME inner carries: an Ethernet frame from a member's naas0, read by the
+# firewall's flow parser (core/flow.py). Fields the data path never reads are pad bytes
+# ("x"), so that unpacking them allocates nothing.
+
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_ARP = 0x0806
+ETHERTYPE_VLAN = 0x8100  # IEEE 802.1Q customer tag (C-tag) protocol identifier
+ETHERTYPE_QINQ = 0x88A8  # IEEE 802.1ad service tag (S-tag) protocol identifier
+ETHERTYPE_IPV6 = 0x86DD
+
+ETHERNET_HEADER = struct.Struct(
+    "!6s"  # destination MAC
+    "6s"  # source MAC
+    "H"  # EtherType, or the TPID of an 802.1Q / 802.1ad tag
+)  # 14 bytes
+VLAN_TAG = struct.Struct(
+    "!H"  # TCI: priority (3 bits), drop eligible (1), VLAN id (12)
+    "H"  # the EtherType (or next TPID) it encloses
+)  # 4 bytes, after the TPID that announced it
+IPV4_HEADER = struct.Struct(
+    "!B"  # version (4 bits, 4) and IHL (4 bits, header length in 32-bit words, >= 5)
+    "B"  # TOS: DSCP and ECN
+    "H"  # total length: header and payload, bytes
+    "H"  # identification
+    "H"  # flags (3 bits: reserved, DF, MF) and fragment offset (13 bits, 8-byte units)
+    "B"  # TTL
+    "B"  # protocol (6 TCP, 17 UDP, 1 ICMP)
+    "H"  # header checksum
+    "I"  # source address
+    "I"  # destination address
+)  # 20 bytes, then options up to IHL * 4 (RFC 791 section 3.1)
+TCP_HEADER = struct.Struct(
+    "!H"  # source port
+    "H"  # destination port
+    "8x"  # sequence and acknowledgment numbers (not read)
+    "B"  # data offset (4 bits, header length in 32-bit words, >= 5) and reserved bits
+    "B"  # flags: CWR ECE URG ACK PSH RST SYN FIN
+    "6x"  # window, checksum, urgent pointer (not read)
+)  # 20 bytes, then options up to data offset * 4 (RFC 9293 section 3.1)
+UDP_HEADER = struct.Struct(
+    "!H"  # source port
+    "H"  # destination port
+    "H"  # length: header and payload, bytes (>= 8)
+    "2x"  # checksum (not read)
+)  # 8 bytes (RFC 768)
+ICMP_HEADER = struct.Struct(
+    "!B"  # type
+    "B"  # code
+    "H"  # checksum
+    "H"  # identifier (echo, RFC 792); unused in errors
+    "H"  # sequence number (echo); unused in errors
+)  # 8 bytes; an error is followed by the offending datagram's header and 8 bytes
+ARP_BODY = struct.Struct(
+    "!H"  # hardware type (1 = Ethernet)
+    "H"  # protocol type (0x0800 = IPv4)
+    "B"  # hardware address length (6)
+    "B"  # protocol address length (4)
+    "H"  # operation (1 = request, 2 = reply)
+    "6s"  # sender hardware address
+    "I"  # sender protocol address
+    "6s"  # target hardware address
+    "I"  # target protocol address
+)  # 28 bytes (RFC 826, Ethernet and IPv4)
+IPV6_FLOW = struct.Struct(
+    "!B"  # version (4 bits, 6) and the high bits of the traffic class
+    "3x"  # the rest of the traffic class, flow label
+    "H"  # payload length: what follows this 40-byte header, bytes
+    "B"  # next header (58: ICMPv6)
+    "x"  # hop limit
+)  # 8 bytes of the 40: the addresses are not read (RFC 8200 section 3)
+# The fields of IPV4_HEADER that the flow parser reads, the others skipped; and the same
+# behind an untagged Ethernet header, to read the common frame's two headers in one call.
+_IPV4_FLOW_FIELDS = (
+    "B"  # version and IHL
+    "x"  # TOS
+    "H"  # total length
+    "2x"  # identification
+    "H"  # flags and fragment offset
+    "x"  # TTL
+    "B"  # protocol
+    "2x"  # header checksum
+    "I"  # source address
+    "I"  # destination address
+)
+IPV4_FLOW = struct.Struct("!" + _IPV4_FLOW_FIELDS)  # 20 bytes
+ETHERNET_IPV4_FLOW = struct.Struct("!6s6sH" + _IPV4_FLOW_FIELDS)  # ETHERNET_HEADER, IPV4_FLOW: 34 bytes
+assert ETHERNET_HEADER.size == ETHERNET_HEADER_LEN
+
+# -- field positions, for the data path's per-frame tests ------------------------------------
+# The data path compares a few header bytes per frame and per datagram; a slice of the
+# bytes is several times cheaper than an unpack, so it slices at these positions, which
+# are those of the layouts above (checked below).
+
+
+def shifted(field: slice, by: int) -> slice:
+    """``field`` in a buffer where the header starts ``by`` bytes in (an inner's kind
+    byte, a virtio-net header)."""
+    return slice(field.start + by, field.stop + by)
+
+
+FRAME_AT = 1  # an inner FRAME's Ethernet frame starts after its kind byte
+OUTER_TYPE = 0  # OUTER: the type byte
+OUTER_HOP_LIMIT = 1
+OUTER_FLAGS = slice(2, 4)
+OUTER_DST_NODE = slice(4, 8)
+OUTER_SRC_NODE = slice(8, 12)
+OUTER_FIXED = slice(0, 4)  # type, hop limit, flags: what a plain DATA datagram starts with
+ETH_DST = slice(0, 6)
+ETH_SRC = slice(6, 12)
+ETH_TYPE = slice(12, 14)  # under no VLAN tag
+ETH_GROUP_BYTE = 0  # the destination MAC's first byte: its lowest bit is the group (I/G) bit
+ETH_DST_PREFIX = slice(0, 2)  # a member MAC's 02:4e (model/ids.py) ...
+ETH_DST_NODE = slice(2, 6)  # ... and its node id
+ETH_SRC_PREFIX = slice(6, 8)
+IPV4_PROTOCOL = ETHERNET_HEADER_LEN + 9  # the protocol byte of an untagged IPv4 frame
+assert struct.calcsize("!BBH") == OUTER_DST_NODE.start and struct.calcsize("!BBHI") == OUTER_SRC_NODE.start
+assert struct.calcsize("!6s6s") == ETH_TYPE.start
+assert ETHERNET_HEADER_LEN + struct.calcsize("!BBHHHB") == IPV4_PROTOCOL
+assert IPV4_HEADER.size == IPV4_FLOW.size == IPV4_HEADER_LEN
+assert ETHERNET_IPV4_FLOW.size == ETHERNET_HEADER_LEN + IPV4_HEADER_LEN
+assert UDP_HEADER.size == UDP_HEADER_LEN
+
 
 def overlay_mtu(underlay_mtu: int, ipv6_underlay: bool = False) -> int:
     """The naas0 MTU that fits one overlay frame in one underlay packet, exactly."""
@@ -126,6 +249,8 @@ class DropReason(enum.Enum):
     BAD_COOKIE_REPLY = "bad_cookie_reply"  # a COOKIE_REPLY of the wrong size, or that does not open
     REVOKED = "revoked"  # a handshake or a relayed datagram of a member the network document revoked
     BAD_DOCUMENT = "bad_document"  # a network document that does not parse, or whose signature fails
+    SPOOFED_SOURCE = "spoofed_source"  # a frame whose source MAC or IPv4 is not its sender's
+    POLICY_DENIED = "policy_denied"  # a frame the policy does not allow from its sender (core/firewall.py)
 
 
 class BadPacket(Exception):

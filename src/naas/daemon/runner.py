@@ -56,7 +56,9 @@ them overflows that queue and not the one the sessions' datagrams wait in. The a
 reads it HANDSHAKE_BATCH datagrams per wake-up; after a full batch (a flood) it leaves
 it alone for HANDSHAKE_PAUSE, so a flood takes a bounded share of the agent's time.
 ``NAAS_HANDSHAKE_SOCKET=off`` keeps one socket for everything (as before; for bench/run's
-comparison, or a kernel that misbehaves with the steering).
+comparison, or a kernel that misbehaves with the steering). ``NAAS_SKIP_EGRESS_FILTER=1``
+sends what this member's own policy check would hold back (docs/policy.md: the receiver's
+check alone must keep it out; for tests).
 
 The member cache (members.json) is rewritten when membership changes, at most every
 few seconds, so a restart works with every PoP down.
@@ -66,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
 import logging
 import os
 import signal
@@ -186,14 +189,18 @@ class Agent(AgentMembership):
             )
         # pyroute2's synchronous API runs an event loop of its own: call it from a thread
         mtu = await asyncio.to_thread(self._configure_interface, network, cert)
-        if os.environ.get("NAAS_HANDSHAKE_SOCKET", "on") == "off":  # one socket, as before (bench/run)
-            self._udp = LinuxUdpSocket.bind(self.listen_host, network.mesh_port, offload=self.offload)
-        else:
-            self._udp, self._handshake_udp, why_not = bind_mesh_sockets(
-                self.listen_host, network.mesh_port, offload=self.offload
-            )
-            if self._handshake_udp is None:
-                log.warning("initiations share the data socket's queue (%s)", why_not)
+        why_not = ""
+        try:
+            if os.environ.get("NAAS_HANDSHAKE_SOCKET", "on") == "off":  # one socket, as before (bench/run)
+                self._udp = LinuxUdpSocket.bind(self.listen_host, network.mesh_port, offload=self.offload)
+            else:
+                self._udp, self._handshake_udp, why_not = bind_mesh_sockets(
+                    self.listen_host, network.mesh_port, offload=self.offload
+                )
+        except OSError as exc:  # EADDRINUSE: another agent on this host (another network's?) has it
+            raise AgentError(f"mesh port {network.mesh_port}: {exc.strerror or exc}") from None
+        if why_not:
+            log.warning("initiations share the data socket's queue (%s)", why_not)
         if self.poll_interval > 0:
             self._warm_socket = self._bind_warm_socket(self._udp)
         now = loop.time()
@@ -208,6 +215,9 @@ class Agent(AgentMembership):
             tap_offload=self._tap.offload,
             document=document,
         )
+        if os.environ.get("NAAS_SKIP_EGRESS_FILTER") == "1":  # what a compromised member could do (tests)
+            self.core.firewall.egress = False
+            log.warning("NAAS_SKIP_EGRESS_FILTER=1: frames the policy denies are sent anyway")
         loop.add_reader(self._tap.fileno(), self._tap_readable)
         loop.add_reader(self._udp.fileno(), self._udp_readable)
         if self._handshake_udp is not None:
@@ -246,7 +256,14 @@ class Agent(AgentMembership):
             host = network.pops[0].mesh_endpoint.host
             underlay_mtu, ipv6 = netconf.route_mtu_to(host), ":" in host
         mtu = overlay_mtu(underlay_mtu, ipv6_underlay=ipv6)
-        self._tap = LinuxTap.open(self.interface, offload=self.offload)
+        try:
+            self._tap = LinuxTap.open(self.interface, offload=self.offload)
+        except OSError as exc:  # EBUSY: another agent on this host (another network's?) holds it
+            busy = exc.errno == errno.EBUSY
+            hint = " (another agent holds it: give each network its own with --interface)" if busy else ""
+            raise AgentError(f"{exc.strerror or exc}{hint}") from None
+        if self.node_dir.load_interface() != self._tap.name:
+            self.node_dir.save_interface(self._tap.name)  # where `naas up` starts it again
         netconf.configure_interface(
             self._tap.name,
             mac=cert.mac,

@@ -10,6 +10,7 @@
             document.json     the newest network document, as signed (mode 0600)
             agent.sock        control socket of the running agent
             agent.pid, agent.log
+            interface         the TAP device the agent last ran on (naas up starts it there again)
         ca.key, ca.pub        network CA (PoP hosts only; ca.key mode 0600)
         pops/<name>/          a PoP's membership, same layout as node/, plus tls.key/tls.crt
         pop.db                the PoPs' SQLite store (default)
@@ -110,6 +111,18 @@ class NodeDir:
 
     def exists(self) -> bool:
         return (self.path / "certificate.json").exists()
+
+    def save_interface(self, name: str) -> None:
+        """The TAP device the agent runs on: a host in two networks gives each its own
+        (naas0, naas1), and `naas up` must bring each back on the one it had."""
+        write_file(self.path / "interface", f"{name}\n".encode())
+
+    def load_interface(self) -> str | None:
+        """The name `save_interface` kept, or None (a membership made before it existed)."""
+        try:
+            return (self.path / "interface").read_text().strip() or None
+        except OSError:
+            return None
 
     def save_keys(self, static_private: bytes, signing_private: bytes) -> None:
         write_file(self.path / "static.key", static_private, 0o600)

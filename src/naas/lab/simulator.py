@@ -69,6 +69,7 @@ from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER, standing_pairs
 from naas.model.document import Revocation
 from naas.model.ids import Endpoint, NodeId
 from naas.model.network import MemberRecord, NetworkInfo
+from naas.model.policy import OPEN_POLICY, Policy
 from naas.pop.ca import issue_certificate
 
 NETWORK = "sim-net"
@@ -102,6 +103,7 @@ class SimNode:
     tx_packets: int = 0
     rx_packets: int = 0
     frames_out: int = 0  # frames the core wrote to its (simulated) naas0
+    written: list[bytes] | None = None  # the frames themselves, once record_frames() asked
 
     @property
     def node_id(self) -> int:
@@ -149,9 +151,11 @@ class Simulator:
 
     # -- building --------------------------------------------------------------------------
 
-    def add_node(self, name: str, site: str = "site-0", *, pop: bool = False) -> NodeCore:
+    def add_node(
+        self, name: str, site: str = "site-0", *, pop: bool = False, groups: tuple[str, ...] = ()
+    ) -> NodeCore:
         """A new member at the current time, knowing the PoPs added so far (add PoPs first)."""
-        record, secrets = self._enroll(name, site, pop)
+        record, secrets = self._enroll(name, site, pop, groups)
         return self._start(record, secrets, self._pop_records)
 
     def add_nodes_from_cache(self, specs: list[tuple[str, str]]) -> None:
@@ -164,7 +168,9 @@ class Simulator:
             for record, secrets in enrolled:
                 self._start(record, secrets, known)
 
-    def _enroll(self, name: str, site: str, pop: bool) -> tuple[MemberRecord, tuple[bytes, bytes, int]]:
+    def _enroll(
+        self, name: str, site: str, pop: bool, groups: tuple[str, ...] = ()
+    ) -> tuple[MemberRecord, tuple[bytes, bytes, int]]:
         """Keys and a CA-signed certificate for a new node; its record carries the endpoint."""
         if name in self.nodes or any(record.certificate.name == name for record in self._enrolled):
             raise ValueError(f"duplicate node {name!r}")
@@ -182,7 +188,7 @@ class Simulator:
             static_public=x25519_public(static_private),
             signing_public=ed25519_public(signing_private),
             ip=None,
-            groups=(),
+            groups=groups,
             now=EPOCH_UNIX,
             days=CERTIFICATE_DAYS,
         )
@@ -339,7 +345,10 @@ class Simulator:
                     delay += rng.random() * self.jitter
                 self._order += 1
                 push(heap, (now + delay, self._order, _DELIVER, target_index, (datagram, node.address)))
-        node.frames_out += len(core.take_frames())
+        frames = core.take_frames()
+        node.frames_out += len(frames)
+        if node.written is not None:
+            node.written += [bytes(frame) for frame in frames]
         core.take_events()
         deadline = max(core.next_deadline(), now)
         if deadline < node.timer_at:
@@ -354,6 +363,8 @@ class Simulator:
         *,
         groups: Mapping[int, tuple[str, ...]] | None = None,
         revoke: tuple[str, ...] = (),
+        policy: Policy = OPEN_POLICY,
+        allowed_addresses: Mapping[int, tuple[str, ...]] | None = None,
     ) -> bytes:
         """The CA signs a network document (model/document.py) and ``pop`` takes it, as a
         PoP does from its store; returns the document's body."""
@@ -366,11 +377,27 @@ class Simulator:
             issued_at=int(self.now - START) + EPOCH_UNIX,
             groups=groups or {},
             revoked=revoked,
+            policy=policy,
+            allowed_addresses=allowed_addresses,
         )
         node = self.nodes[pop]
         node.core.document_received(document.body, self.now)
         self._drain(node)
         return document.body
+
+    def record_frames(self, name: str) -> list[bytes]:
+        """From now on keep the frames ``name``'s core writes to its naas0; returns the list."""
+        node = self.nodes[name]
+        if node.written is None:
+            node.written = []
+        return node.written
+
+    def send_raw_frame(self, src: str, frame: bytes) -> None:
+        """``frame``, as it is, from ``src``'s naas0, now."""
+        node = self.nodes[src]
+        with self._signatures():
+            node.core.tap_frames_received([frame], self.now)
+            self._drain(node)
 
     def send_frame(self, src: str, dst: str, payload: bytes = b"x" * 64) -> None:
         """A unicast Ethernet frame from ``src``'s naas0 to ``dst``'s MAC, now."""

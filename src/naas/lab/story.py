@@ -75,8 +75,12 @@ def config_text(
     layer3: bool = True,
     fixed: dict[str, str] | None = None,
     certificate_lifetime: str | None = None,
+    groups: dict[str, tuple[str, ...]] | None = None,
+    allowed_addresses: dict[str, tuple[str, ...]] | None = None,
+    policy: str = "",
 ) -> str:
-    """The story's naas.toml for the lab's hosts."""
+    """The story's naas.toml for the lab's hosts; ``groups`` and ``allowed_addresses`` of
+    clients by name, ``policy``: TOML appended as it is (a ``[policy]`` table)."""
     lines = ["[network]", f'name = "{NETWORK}"', "mesh_port = 5640", "enrollment_port = 5641"]
     if certificate_lifetime is not None:
         lines.append(f'certificate_lifetime = "{certificate_lifetime}"')
@@ -90,6 +94,12 @@ def config_text(
         lines += ["", "[[client]]", f'name = "{name}"']
         if fixed and name in fixed:
             lines.append(f'ip = "{fixed[name]}"')
+        if groups and name in groups:
+            lines.append("groups = [" + ", ".join(f'"{group}"' for group in groups[name]) + "]")
+        if allowed_addresses and name in allowed_addresses:
+            lines.append("allowed_addresses = [" + ", ".join(f'"{n}"' for n in allowed_addresses[name]) + "]")
+    if policy:
+        lines += ["", policy.strip()]
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,6 @@ Every key is documented in examples/naas.toml.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_address
@@ -18,8 +17,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-_NAME_RE = re.compile(NAME_PATTERN)
+from naas.model.document import MAX_ALLOWED_ADDRESSES
+from naas.model.ids import NAME_PATTERN, is_valid_name
+from naas.model.policy import OPEN_POLICY, Policy, PolicyError, SelectorKind, parse_policy
+
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 Port = Annotated[int, Field(gt=0, lt=65536)]
 
@@ -73,6 +74,18 @@ class ClientSection(_Strict):
     name: Name
     ip: IPv4Address | None = None
     groups: tuple[str, ...] = ()
+    # networks the member may send from besides its own address (routers, bridged hosts):
+    # port security on the data path drops other sources; outside the subnet too
+    allowed_addresses: tuple[IPv4Network, ...] = ()
+
+    @field_validator("allowed_addresses", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if not isinstance(value, (list, tuple)):
+            return value  # pydantic says what it expected
+        if len(value) > MAX_ALLOWED_ADDRESSES:
+            raise ValueError(f"at most {MAX_ALLOWED_ADDRESSES} networks")
+        return tuple(parse_allowed_network(item) for item in value)
 
     @field_validator("groups")
     @classmethod
@@ -88,6 +101,23 @@ MIN_CERTIFICATE_SECONDS = 60
 MAX_CERTIFICATE_SECONDS = 3650 * 86_400
 
 
+def parse_allowed_network(text: object) -> IPv4Network:
+    """``"10.9.0.0/24"`` (or one address, a /32) -> IPv4Network; ValueError saying why not."""
+    if isinstance(text, IPv4Network):
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f'{text!r} is not an IPv4 network in CIDR form (e.g. "10.9.0.0/24")')
+    try:
+        return IPv4Network(text)
+    except ValueError:
+        pass
+    try:
+        loose = IPv4Network(text, strict=False)
+    except ValueError:
+        raise ValueError(f'{text!r} is not an IPv4 network in CIDR form (e.g. "10.9.0.0/24")') from None
+    raise ValueError(f"{text!r} has host bits set: the network is {loose}")
+
+
 def parse_duration(text: str) -> int:
     """``"30m"``, ``"12h"``, ``"90d"`` -> seconds; ValueError for anything else."""
     number, unit = text[:-1], text[-1:]
@@ -100,6 +130,7 @@ class _ConfigFile(_Strict):
     network: NetworkSection
     pop: list[PopSection] = Field(min_length=1)
     client: list[ClientSection] = []
+    policy: dict[str, Any] | None = None  # parsed by model/policy.py in _check
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +142,7 @@ class NetworkConfig:
     dhcp_first: IPv4Address | None
     dhcp_last: IPv4Address | None
     warnings: tuple[str, ...]
+    policy: Policy = OPEN_POLICY  # the [policy] table; absent: everything allowed
 
     @property
     def name(self) -> str:
@@ -279,6 +311,7 @@ def _check(model: _ConfigFile, source: str) -> NetworkConfig:
             used[client.ip] = key
         if net.gateway is not None and net.gateway in used:
             raise fail("network.gateway", f"{net.gateway} is already taken by {used[net.gateway]}")
+    policy = _check_policy(model, source, names, warnings)
     return NetworkConfig(
         source=source,
         network=net,
@@ -287,8 +320,25 @@ def _check(model: _ConfigFile, source: str) -> NetworkConfig:
         dhcp_first=dhcp_first,
         dhcp_last=dhcp_last,
         warnings=tuple(warnings),
+        policy=policy,
     )
 
 
-def is_valid_name(text: str) -> bool:
-    return isinstance(text, str) and _NAME_RE.fullmatch(text) is not None  # "$" would allow "abc\n"
+def _check_policy(model: _ConfigFile, source: str, names: set[str], warnings: list[str]) -> Policy:
+    """The [policy] table; a ``member:NAME`` that names no client or PoP is a warning (the
+    member may be added later, or by the API), not an error."""
+    if model.policy is None:
+        return OPEN_POLICY
+    try:
+        policy = parse_policy(model.policy, "policy")
+    except PolicyError as exc:
+        raise ConfigError(source, exc.key, exc.problem) from None
+    for rule in policy.rules:
+        for side, selectors in (("from", rule.sources), ("to", rule.destinations)):
+            for selector in selectors:
+                if selector.kind is SelectorKind.MEMBER and selector.name not in names:
+                    warnings.append(
+                        f"{source}: policy.rule[{rule.name!r}].{side}: {selector} names no client or "
+                        "PoP of this file"
+                    )
+    return policy

@@ -18,8 +18,18 @@ Its JSON, as signed (canonical: sorted keys, no spaces, UTF-8)::
                                                a member not listed keeps its certificate's
         "revoked": [{"node": 9, "name": "laptop", "until": 1730000000}],
                                                cut off; listed until its certificate's end
+        "policy":  {"default": "deny", "rule": [...]},
+                                               who may talk to whom (model/policy.py);
+                                               absent: everything allowed
+        "addresses": {"7": ["10.9.0.0/24"]},   node id -> the networks the member may send
+                                               from besides its own address (routers,
+                                               bridged hosts); absent: none
         "...": ...                             sections a member does not know: ignored,
      },                                        and passed on unchanged
+
+``policy`` and ``addresses`` are left out when they say nothing (an open policy, no
+member with other addresses), so a network that uses neither has the documents it had
+before they existed.
      "signature": "<base64url Ed25519 of b'naas-document\\x00' + the JSON above without it>"}
 
 A member passes on the bytes it received, never a re-encoding, so that sections it does
@@ -30,19 +40,22 @@ made and checked in core/network_document.py, with core/crypto.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from typing import Any
 
 from naas.model.codec import CodecError, b64d, b64e, canonical_json
-from naas.model.config import is_valid_name
-from naas.model.ids import is_valid_node_id
+from naas.model.ids import is_valid_name, is_valid_node_id
+from naas.model.policy import OPEN_POLICY, Policy, PolicyError, parse_policy
 
 FORMAT = 1
 SIGNATURE_CONTEXT = b"naas-document\x00"  # a document signature is never a certificate's
 MAX_DOCUMENT_BYTES = 1 << 20  # a signed document larger than this is refused
 MAX_GROUPS_PER_MEMBER = 32
 MAX_VERSION = 2**53 - 1  # JSON-safe
+MAX_ALLOWED_ADDRESSES = 64  # networks a member may send from besides its own address
+KNOWN_SECTIONS = ("groups", "revoked", "policy", "addresses")  # what sections_of makes
 
 
 class DocumentError(CodecError):
@@ -63,6 +76,8 @@ class NetworkDocument:
     issued_at: int
     groups: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     revoked: tuple[Revocation, ...] = ()
+    policy: Policy = OPEN_POLICY
+    allowed_addresses: Mapping[int, tuple[IPv4Network, ...]] = field(default_factory=dict)
     body: bytes = field(default=b"", compare=False)  # the signed JSON, as received or made
 
     @property
@@ -73,20 +88,53 @@ class NetworkDocument:
         """A member's groups: the document's if it lists the member, else the certificate's."""
         return self.groups.get(node_id, certificate_groups)
 
+    def addresses_of(self, node_id: int) -> tuple[IPv4Network, ...]:
+        """The networks a member may send from besides its own address (none if unlisted)."""
+        return self.allowed_addresses.get(node_id, ())
+
+
+def sections_of(
+    groups: Mapping[int, Sequence[str]],
+    revoked: Sequence[Revocation],
+    *,
+    policy: Policy = OPEN_POLICY,
+    allowed_addresses: Mapping[int, Sequence[IPv4Network | str]] | None = None,
+) -> dict[str, Any]:
+    """The sections this module knows, as the document's JSON holds them (the store
+    compares them with the newest document's to see whether a change changed anything)."""
+    sections: dict[str, Any] = {
+        "groups": {str(node): sorted(set(names)) for node, names in sorted(groups.items())},
+        "revoked": [
+            {"node": r.node_id, "name": r.name, "until": r.until}
+            for r in sorted(revoked, key=lambda r: r.node_id)
+        ],
+    }
+    if not policy.is_open:
+        sections["policy"] = policy.as_json()
+    addresses = {
+        str(node): [str(net) for net in sorted({IPv4Network(n) for n in networks})]
+        for node, networks in sorted((allowed_addresses or {}).items())
+        if networks
+    }
+    if addresses:
+        sections["addresses"] = addresses
+    return sections
+
 
 def unsigned_fields(
     network: str,
     version: int,
     issued_at: int,
-    groups: Mapping[int, tuple[str, ...]],
-    revoked: tuple[Revocation, ...],
+    groups: Mapping[int, Sequence[str]],
+    revoked: Sequence[Revocation],
     extra_sections: Mapping[str, Any] | None = None,
+    *,
+    policy: Policy = OPEN_POLICY,
+    allowed_addresses: Mapping[int, Sequence[IPv4Network | str]] | None = None,
 ) -> dict[str, Any]:
     """The document's JSON object without its signature (what the CA signs)."""
     sections: dict[str, Any] = dict(extra_sections or {})
-    sections["groups"] = {str(node): sorted(set(names)) for node, names in sorted(groups.items())}
-    by_node = sorted(revoked, key=lambda r: r.node_id)
-    sections["revoked"] = [{"node": r.node_id, "name": r.name, "until": r.until} for r in by_node]
+    sections.update(sections_of(groups, revoked, policy=policy, allowed_addresses=allowed_addresses))
     return {
         "format": FORMAT,
         "network": network,
@@ -149,6 +197,8 @@ def parse_document_untrusted(data: bytes) -> tuple[NetworkDocument, bytes, bytes
         issued_at=issued_at,
         groups=_groups(sections.get("groups", {})),
         revoked=_revoked(sections.get("revoked", [])),
+        policy=_policy(sections.get("policy")),
+        allowed_addresses=_addresses(sections.get("addresses", {})),
         body=bytes(data),
     )
     return document, message, signature
@@ -166,7 +216,7 @@ def _groups(raw: Any) -> dict[int, tuple[str, ...]]:
         raise DocumentError("document.sections.groups: expected an object")
     groups: dict[int, tuple[str, ...]] = {}
     for key, names in raw.items():
-        if not (isinstance(key, str) and key.isdigit() and is_valid_node_id(int(key))):
+        if not _is_node_key(key):
             raise DocumentError(f"document.sections.groups: {key!r} is not a node id")
         if not isinstance(names, list) or len(names) > MAX_GROUPS_PER_MEMBER:
             raise DocumentError(f"document.sections.groups.{key}: expected a list of groups")
@@ -192,3 +242,45 @@ def _revoked(raw: Any) -> tuple[Revocation, ...]:
             raise DocumentError(f"{where}.name: not a member name")
         revoked.append(Revocation(node, name, _int(entry, "until", where)))
     return tuple(revoked)
+
+
+def _is_node_key(key: object) -> bool:
+    """A node id as a JSON object's key: ASCII digits ("٣".isdigit() is true too)."""
+    return (
+        isinstance(key, str)
+        and key.isascii()
+        and key.isdigit()
+        and len(key) <= 10
+        and is_valid_node_id(int(key))
+    )
+
+
+def _policy(raw: Any) -> Policy:
+    if raw is None:
+        return OPEN_POLICY
+    try:
+        return parse_policy(raw, "document.sections.policy")
+    except PolicyError as exc:
+        raise DocumentError(str(exc)) from None
+
+
+def _addresses(raw: Any) -> dict[int, tuple[IPv4Network, ...]]:
+    if not isinstance(raw, dict):
+        raise DocumentError("document.sections.addresses: expected an object")
+    addresses: dict[int, tuple[IPv4Network, ...]] = {}
+    for key, networks in raw.items():
+        if not _is_node_key(key):
+            raise DocumentError(f"document.sections.addresses: {key!r} is not a node id")
+        where = f"document.sections.addresses.{key}"
+        if not isinstance(networks, list) or len(networks) > MAX_ALLOWED_ADDRESSES:
+            raise DocumentError(f"{where}: expected a list of at most {MAX_ALLOWED_ADDRESSES} networks")
+        parsed = []
+        for index, text in enumerate(networks):
+            try:
+                if not isinstance(text, str) or len(text) > 18:
+                    raise ValueError
+                parsed.append(IPv4Network(text))
+            except ValueError:
+                raise DocumentError(f"{where}[{index}]: not an IPv4 network (A.B.C.D/N)") from None
+        addresses[int(key)] = tuple(sorted(set(parsed)))
+    return addresses

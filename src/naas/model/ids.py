@@ -8,6 +8,7 @@ its node id, so that a MAC in a frame maps back to a member without a lookup tab
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import NewType
@@ -17,6 +18,12 @@ NodeId = NewType("NodeId", int)
 NODE_ID_MAX = 0xFFFF_FFFF
 MAC_PREFIX = b"\x02\x4e"
 BROADCAST_MAC = b"\xff" * 6
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # network, member, group and rule names
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def is_valid_name(text: object) -> bool:
+    return isinstance(text, str) and _NAME_RE.fullmatch(text) is not None  # "$" would allow "abc\n"
 
 
 def is_valid_node_id(value: int) -> bool:

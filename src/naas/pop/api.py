@@ -42,11 +42,13 @@ from pydantic import BaseModel, ValidationError
 
 from naas.control import apply as applying
 from naas.control import members
+from naas.control import policy as policies
 from naas.control.errors import ControlError, NotFound
 from naas.control.network import PopNetwork
 from naas.core.topology import Topology
-from naas.model.config import is_valid_name
 from naas.model.document import parse_document_untrusted
+from naas.model.ids import is_valid_name
+from naas.model.policy import Policy
 from naas.pop.api_schema import (
     JSON_TYPE,
     ApplyRequest,
@@ -66,12 +68,17 @@ from naas.pop.api_schema import (
     Member,
     MemberList,
     NameParams,
+    NetworkPolicy,
     NewClient,
     NewInvitation,
+    NewPolicy,
     OpenApi,
+    PolicySet,
     Revoked,
     RevokedMember,
     Route,
+    TraceRequest,
+    TraceResult,
     openapi_document,
 )
 from naas.pop.api_schema import Invitation as InvitationRow
@@ -80,7 +87,7 @@ from naas.pop.store_control import ClientRecord
 
 log = logging.getLogger("naas.pop.api")
 
-MAX_APPLY_BYTES = 512 * 1024  # POST /v1/apply only (admin, after auth): MAX_APPLY_CLIENTS fit
+MAX_APPLY_BYTES = 512 * 1024  # POST /v1/apply, PUT /v1/policy (admin, after auth): the most fits
 
 # -- the use cases behind the routes (run in a worker thread) -------------------------------
 
@@ -88,7 +95,12 @@ MAX_APPLY_BYTES = 512 * 1024  # POST /v1/apply only (admin, after auth): MAX_APP
 def _client_of(record: ClientRecord, enrolled: bool) -> Client:
     ip = None if record.ip is None else str(record.ip)
     return Client(
-        name=record.name, ip=ip, groups=list(record.groups), created_at=record.created_at, enrolled=enrolled
+        name=record.name,
+        ip=ip,
+        groups=list(record.groups),
+        allowed_addresses=[str(network) for network in record.allowed_addresses],
+        created_at=record.created_at,
+        enrolled=enrolled,
     )
 
 
@@ -106,7 +118,7 @@ def _list_clients(call: Call) -> ClientList:
 
 def _create_client(call: Call) -> Client:
     new: NewClient = call.body
-    members.create_client(call.net, new.name, new.ip, new.groups)
+    members.create_client(call.net, new.name, new.ip, new.groups, new.allowed_addresses)
     return _client(call.net, new.name)
 
 
@@ -221,12 +233,52 @@ def _apply(call: Call) -> ApplyResult:
         applying.check_fixed_settings(
             net, "settings", settings.name, settings.subnet, settings.mesh_port, pops
         )
-    wanted = [applying.ClientSpec(c.name, c.ip, tuple(c.groups)) for c in request.clients]
-    chosen = applying.plan(net, wanted, prune=request.prune)
+    wanted = [
+        applying.ClientSpec(c.name, c.ip, tuple(c.groups), tuple(c.allowed_addresses))
+        for c in request.clients
+    ]
+    policy = None if request.policy is None else _parsed_policy(request.policy)
+    chosen = applying.plan(net, wanted, prune=request.prune, policy=policy)
     applied = not (request.dry_run or chosen.empty)
     if applied:
         applying.apply(net, chosen)
     return ApplyResult(**chosen.to_dict(), applied=applied, document_version=net.store.document_version())
+
+
+def _parsed_policy(body: NewPolicy) -> Policy:
+    return policies.parse(body.raw())
+
+
+def _policy_of(policy: Policy) -> NetworkPolicy:
+    return NetworkPolicy.model_validate(policy.as_json())
+
+
+def _get_policy(call: Call) -> NetworkPolicy:
+    return _policy_of(policies.show(call.net))
+
+
+def _put_policy(call: Call) -> PolicySet:
+    body: NewPolicy = call.body
+    done = policies.set_policy(call.net, body.raw())
+    return PolicySet(
+        policy=_policy_of(done.policy), changed=done.changed, document_version=done.document_version
+    )
+
+
+def _trace(call: Call) -> TraceResult:
+    request: TraceRequest = call.body
+    traced = policies.trace(
+        call.net,
+        request.source,
+        request.destination,
+        request.proto,
+        request.port,
+        src_ip=request.src_ip,
+        dst_ip=request.dst_ip,
+    )
+    decision = traced.decision
+    index = None if decision.index < 0 else decision.index
+    return TraceResult(allow=decision.allow, rule=decision.rule, index=index, lines=list(traced.lines))
 
 
 @functools.cache
@@ -300,8 +352,22 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "apply", "POST", "/v1/apply", "admin", "network",
-        "make the network's clients these (naas apply)", ApplyResult, _apply,
+        "make the network's clients (and policy) these (naas apply)", ApplyResult, _apply,
         body=ApplyRequest, errors=(409,), max_body=MAX_APPLY_BYTES,
+    ),
+    Route(
+        "get_policy", "GET", "/v1/policy", "read", "policy", "the network's policy", NetworkPolicy,
+        _get_policy,
+    ),
+    Route(
+        "set_policy", "PUT", "/v1/policy", "admin", "policy",
+        "replace the network's policy: a new network document", PolicySet, _put_policy,
+        body=NewPolicy, max_body=MAX_APPLY_BYTES,
+    ),
+    Route(
+        "trace_policy", "POST", "/v1/policy/trace", "read", "policy",
+        "why the policy allows or denies a flow between two members, rule by rule", TraceResult, _trace,
+        body=TraceRequest, errors=(404,),
     ),
 )  # fmt: skip
 ROUTES_BY_OPERATION = {route.operation: route for route in ROUTES}

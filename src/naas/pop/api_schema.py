@@ -25,7 +25,8 @@ from naas.control import members
 from naas.control.network import PopNetwork
 from naas.core.topology import Topology
 from naas.model.config import Name, Port
-from naas.model.document import MAX_GROUPS_PER_MEMBER
+from naas.model.document import MAX_ALLOWED_ADDRESSES, MAX_GROUPS_PER_MEMBER
+from naas.model.policy import MAX_PORT_RANGES, MAX_RULES, MAX_SELECTORS
 from naas.pop.limits import MAX_REQUEST_BYTES
 
 MAX_APPLY_CLIENTS = 4096
@@ -40,6 +41,21 @@ class _Request(BaseModel):
 
 
 Groups = Annotated[list[Name], Field(max_length=MAX_GROUPS_PER_MEMBER)]
+AllowedAddresses = Annotated[
+    list[IPv4Network],
+    Field(
+        max_length=MAX_ALLOWED_ADDRESSES,
+        description="networks the member may send from besides its own address (routers, bridged hosts)",
+    ),
+]
+Action = Literal["allow", "deny"]
+Selectors = Annotated[
+    list[Annotated[str, Field(max_length=80)]],
+    Field(
+        min_length=1, max_length=MAX_SELECTORS, description="group:NAME, member:NAME, any or cidr:A.B.C.D/N"
+    ),
+]
+Proto = Annotated[str, Field(max_length=32, description="tcp, udp, icmp, any or ethertype:0xNNNN")]
 
 
 class NameParams(_Request):
@@ -54,6 +70,7 @@ class NewClient(_Request):
     name: Name
     ip: IPv4Address | None = Field(None, description="a fixed overlay address; else one from the range")
     groups: Groups = []
+    allowed_addresses: AllowedAddresses = []
 
 
 class NewInvitation(_Request):
@@ -69,6 +86,43 @@ class ApplyClient(_Request):
     name: Name
     ip: IPv4Address | None = None
     groups: Groups = []
+    allowed_addresses: AllowedAddresses = []
+
+
+class NewRule(_Request):
+    """One rule of a policy (model/policy.py): tried in order, the first that matches decides."""
+
+    name: Name
+    sources: Selectors = Field(["any"], alias="from")
+    destinations: Selectors = Field(["any"], alias="to")
+    proto: Proto = "any"
+    ports: Annotated[
+        list[Annotated[str, Field(max_length=11)] | Annotated[int, Field(ge=1, le=65535)]],
+        Field(
+            max_length=MAX_PORT_RANGES, description='tcp/udp destination ports or ranges: "22", "8000-8100"'
+        ),
+    ] = []
+    action: Action
+
+
+class NewPolicy(_Request):
+    """The network's policy: PUT /v1/policy, and the [policy] table of naas.toml."""
+
+    default: Action = Field("allow", description="what no rule matches gets")
+    rule: Annotated[list[NewRule], Field(max_length=MAX_RULES)] = []
+
+    def raw(self) -> dict[str, Any]:
+        """The JSON shape model/policy.py parse_policy reads."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class TraceRequest(_Request):
+    source: Name = Field(alias="from", description="the sending member (or client)")
+    destination: Name = Field(alias="to", description="the receiving member (or client)")
+    proto: Proto
+    port: int = Field(0, ge=0, le=65535, description="the destination port (tcp and udp)")
+    src_ip: IPv4Address | None = Field(None, description="the flow's source; default: the sender's address")
+    dst_ip: IPv4Address | None = Field(None, description="its destination; default: the receiver's")
 
 
 class FixedPop(_Request):
@@ -90,6 +144,7 @@ class ApplyRequest(_Request):
     prune: bool = False
     dry_run: bool = False
     settings: FixedSettings | None = None
+    policy: NewPolicy | None = Field(None, description="the network's policy; left out: as it is")
 
 
 class Error(BaseModel):
@@ -114,6 +169,7 @@ class Client(BaseModel):
     name: str
     ip: str | None
     groups: list[str]
+    allowed_addresses: list[str]  # networks it may send from besides its own address
     created_at: int
     enrolled: bool  # a member of this name is in the store
 
@@ -203,9 +259,40 @@ class ApplyResult(BaseModel):
     changed: list[str]
     removed: list[str]
     kept: list[str]  # not in the request, kept (no prune)
+    policy_changed: bool
     lines: list[str]
     applied: bool
     document_version: int
+
+
+class PolicyRule(BaseModel):
+    model_config = ConfigDict(serialize_by_alias=True)
+    name: str
+    sources: list[str] = Field(alias="from")
+    destinations: list[str] = Field(alias="to")
+    proto: str
+    ports: list[str]
+    action: Action
+
+
+class NetworkPolicy(BaseModel):
+    """The policy as PUT /v1/policy takes it (GET, edit, PUT)."""
+
+    default: Action
+    rule: list[PolicyRule]
+
+
+class PolicySet(BaseModel):
+    policy: NetworkPolicy
+    changed: bool  # false: it was the policy already (no new document)
+    document_version: int
+
+
+class TraceResult(BaseModel):
+    allow: bool
+    rule: str  # the deciding rule's name, or "default"
+    index: int | None  # its position in the policy (0-based); null for the default
+    lines: list[str]  # each rule looked at and why it matches or not, then the verdict
 
 
 # -- a route, and what its use case gets ----------------------------------------------------

@@ -15,8 +15,7 @@ from ipaddress import IPv4Interface
 
 from naas.core.crypto import KEY_LEN, sign_certificate
 from naas.model.certificate import Certificate
-from naas.model.config import is_valid_name
-from naas.model.ids import NodeId, is_valid_node_id
+from naas.model.ids import NodeId, is_valid_name, is_valid_node_id
 
 CLOCK_SKEW = 600  # seconds a certificate is back-dated by
 DAY = 86_400

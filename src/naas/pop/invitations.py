@@ -28,8 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from naas.model.codec import b64d, b64e
-from naas.model.config import is_valid_name
-from naas.model.ids import Endpoint
+from naas.model.ids import Endpoint, is_valid_name
 
 SCHEME = "naas"
 TOKEN_BYTES = 32  # 256 bits of randomness; the design asks for at least 128

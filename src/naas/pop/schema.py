@@ -7,17 +7,19 @@ Portable types only (SQLite and PostgreSQL): times are Unix seconds in BigIntege
 JSON is text.
 
     meta          key/value: next_node_id, document_version
-    clients       the desired clients: name, fixed overlay address, groups   (naas apply)
+    clients       the desired clients: name, fixed overlay address, groups, the networks
+                  it may send from besides its address                        (naas apply)
     invitations   one-time tokens, hashed                                     (naas invite)
     members       enrolled members and their current certificates             (enrollment)
     revocations   members cut off: node id, name, until when their certificate was valid
     documents     every signed version of the network document (model/document.py)
     api_tokens    bearer tokens of the REST API, hashed, with their role
+    policy        the network's policy (model/policy.py), one row; none: everything allowed
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -35,6 +37,8 @@ clients = Table(
     Column("ip", String(15), nullable=True),  # a fixed overlay address, else one of the DHCP range
     Column("groups_json", Text, nullable=False),  # JSON list of group names, sorted
     Column("created_at", BigInteger, nullable=False),
+    # JSON list of IPv4 networks ("10.9.0.0/24"), sorted: the member may send from them too
+    Column("allowed_json", Text, nullable=False, server_default="[]"),
 )
 
 invitations = Table(
@@ -86,4 +90,12 @@ api_tokens = Table(
     Column("role", String(8), nullable=False),  # admin | read
     Column("created_at", BigInteger, nullable=False),
     Column("last_used_at", BigInteger, nullable=True),
+)
+
+policy = Table(
+    "policy",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1: one policy
+    Column("policy_json", Text, nullable=False),  # Policy.as_json(), canonical JSON
+    Column("updated_at", BigInteger, nullable=False),
 )

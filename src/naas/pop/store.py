@@ -51,12 +51,12 @@ from sqlalchemy.pool import StaticPool
 
 from naas.model.certificate import Certificate
 from naas.model.codec import certificate_from_bytes_untrusted, certificate_to_bytes
-from naas.model.config import NetworkConfig, is_valid_name
-from naas.model.ids import NodeId, is_valid_node_id
+from naas.model.config import NetworkConfig
+from naas.model.ids import NodeId, is_valid_name, is_valid_node_id
 from naas.pop import migrate
 from naas.pop.addresses import choose_ip
 from naas.pop.schema import invitations, members, meta
-from naas.pop.store_control import ControlTables
+from naas.pop.store_control import ControlTables, Sign, allowed_json_of, publish_if_changed
 
 FIRST_NODE_ID = 1
 BUSY_TIMEOUT_MS = 30_000  # how long a PoP waits for the other PoP's write transaction
@@ -69,6 +69,7 @@ REDEEM_MESSAGES = {
     "expired": "invitation expired",
 }
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
 
 class RedeemError(Exception):
     """An invitation that cannot be redeemed; ``reason`` is unknown, used or expired."""
@@ -214,12 +215,15 @@ class PopStore(ControlTables):
         issue: Callable[[Grant], Certificate],
         *,
         keys: tuple[bytes, bytes] | None = None,
+        sign: Sign | None = None,
     ) -> Certificate:
         """Atomically use an invitation and enroll its client; see the module docstring.
 
         ``keys`` are the (static, signing) public keys the client asks a certificate
         for: with them, a used invitation whose member still holds exactly these keys
-        returns that member's stored certificate (``issue`` is not called).
+        returns that member's stored certificate (``issue`` is not called). ``sign``:
+        a client with allowed addresses gets a new document naming its node id (the
+        certificate does not carry them); without it, none is made.
         Raises RedeemError("unknown" | "used" | "expired"); anything ``issue`` raises
         propagates, and in every failure case nothing is changed.
         """
@@ -262,6 +266,8 @@ class PopStore(ControlTables):
             )
             if marked.rowcount != 1:  # cannot happen under the lock; never hand out twice
                 raise RedeemError("used")
+            if sign is not None and allowed_json_of(conn, name) != "[]":
+                publish_if_changed(conn, now, sign)
             return cert
 
     # -- members ----------------------------------------------------------------------------

@@ -29,6 +29,11 @@ name). Peers are the members other than the local one.
     naas_members                   gauge    members known, this one included
     naas_links                     gauge    live links in this member's view of the mesh
     naas_learned_macs              gauge    MAC addresses the switch has learned
+    naas_policy_flows_total        counter  flows the policy allowed, label ``rule``
+    naas_policy_denied_total       counter  frames the policy dropped, labels ``rule``
+                                            (``default`` for the default action) and
+                                            ``direction`` (in: from a member; out: not sent)
+    naas_policy_connections        gauge    connections in the policy's connection table
 """
 
 from __future__ import annotations
@@ -110,6 +115,31 @@ class _TopologyCollector(Collector):
         for reason, count in sorted(topo.drops.items()):
             drops.add_metric([net, reason], count)
         yield drops
+
+        policy = topo.policy
+        allowed = CounterMetricFamily(
+            "naas_policy_flows", "Flows the policy allowed, by deciding rule.", labels=["network", "rule"]
+        )
+        for rule, count in sorted(policy.get("hits", {}).items()):
+            allowed.add_metric([net, rule], count)
+        yield allowed
+        denied = CounterMetricFamily(
+            "naas_policy_denied",
+            "Frames the policy dropped, by deciding rule ('default' for the default action) and direction"
+            " (in: arriving from a member; out: not sent).",
+            labels=["network", "rule", "direction"],
+        )
+        for direction in ("in", "out"):
+            for rule, count in sorted(policy.get(f"denied_{direction}", {}).items()):
+                denied.add_metric([net, rule, direction], count)
+        yield denied
+        yield _single(
+            GaugeMetricFamily,
+            "naas_policy_connections",
+            "Connections in the policy's connection table.",
+            net,
+            policy.get("connections", 0),
+        )
 
         yield _single(
             CounterMetricFamily,
