@@ -7,7 +7,7 @@ cd "$here"
 
 apt_packages=(
   python3 python3-venv python3-pip iproute2 iputils-ping nftables iptables conntrack
-  udhcpc isc-dhcp-client iperf3 graphviz tcpdump procps kmod
+  udhcpc isc-dhcp-client iperf3 graphviz tcpdump procps kmod curl
   postgresql  # the PoP store on two machines; the tests run throwaway clusters (tests/pg.py)
 )
 missing=()

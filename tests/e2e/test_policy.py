@@ -44,14 +44,12 @@ the lab's popen and stopped by PID.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -62,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from raw_frames import arp_reply, capture, carrying, ethernet, icmp_echo, ipv4, raw, socket_in, tcp_syn
 
 from conftest import build_story, requires_root, teardown_story
 from naas.daemon import control
@@ -392,122 +391,9 @@ def _start_web_server(story: Story, processes: Processes) -> str:
 
 
 def _listening(story: Story, host: str, address: str, port: int) -> bool:
-    with _socket_in(story, host, socket.AF_INET, socket.SOCK_STREAM) as probe:
+    with socket_in(story, host, socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(0.5)
         return probe.connect_ex((address, port)) == 0
-
-
-# -- sockets inside a host's namespace ------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _socket_in(story: Story, host: str, family: int, kind: int, proto: int = 0) -> Iterator[socket.socket]:
-    """A socket of ``host``'s namespace (it stays there after the thread leaves)."""
-    with story.lab.host(host).entered():
-        sock = socket.socket(family, kind, proto)
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
-ETH_P_ALL = 0x0003
-
-
-@contextlib.contextmanager
-def _raw(story: Story, host: str) -> Iterator[socket.socket]:
-    """An AF_PACKET socket on ``host``'s naas0: sends whole frames, receives everything."""
-    with story.lab.host(host).entered():
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        try:
-            sock.bind(("naas0", 0))
-        except OSError:
-            sock.close()
-            raise
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
-def _capture(sock: socket.socket, seconds: float, until: bytes | None = None) -> list[bytes]:
-    """Frames ``sock`` receives for ``seconds`` (less if one holds ``until``)."""
-    frames: list[bytes] = []
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(min(left, 0.1))
-        try:
-            frame = sock.recv(65535)
-        except TimeoutError:
-            continue
-        frames.append(frame)
-        if until is not None and until in frame:
-            break
-    return frames
-
-
-def _carrying(frames: list[bytes], marker: bytes) -> list[bytes]:
-    return [frame for frame in frames if marker in frame]
-
-
-# -- frames ---------------------------------------------------------------------------------
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
-def _ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes, vlan: int | None = None) -> bytes:
-    tag = b"" if vlan is None else struct.pack("!HH", 0x8100, vlan)
-    return dst + src + tag + struct.pack("!H", ethertype) + payload.ljust(46, b"\0")
-
-
-def _ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
-    header = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(payload),
-        0x4E41,
-        0,
-        64,
-        proto,
-        0,
-        socket.inet_aton(src),
-        socket.inet_aton(dst),
-    )
-    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + payload
-
-
-def _icmp_echo(payload: bytes) -> bytes:
-    message = struct.pack("!BBHHH", 8, 0, 0, 0x4E41, 1) + payload
-    return message[:2] + struct.pack("!H", _checksum(message)) + message[4:]
-
-
-def _tcp_syn(src: str, dst: str, sport: int, dport: int, payload: bytes = b"") -> bytes:
-    segment = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 64240, 0, 0) + payload
-    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(segment))
-    return segment[:16] + struct.pack("!H", _checksum(pseudo + segment)) + segment[18:]
-
-
-def _arp_reply(sender_mac: bytes, sender_ip: str, target_mac: bytes, target_ip: str) -> bytes:
-    return struct.pack(
-        "!HHBBH6s4s6s4s",
-        1,
-        0x0800,
-        6,
-        4,
-        2,
-        sender_mac,
-        socket.inet_aton(sender_ip),
-        target_mac,
-        socket.inet_aton(target_ip),
-    )
 
 
 # -- 1. default deny ------------------------------------------------------------------------
@@ -676,8 +562,8 @@ def test_replies_need_no_rule_and_the_reverse_is_a_new_flow(story: Story, proces
 
     # UDP: a datagram to udp/5353 (mdns-web) and the answer
     with (
-        _socket_in(story, "web-1", socket.AF_INET, socket.SOCK_DGRAM) as server,
-        _socket_in(story, "router", socket.AF_INET, socket.SOCK_DGRAM) as client,
+        socket_in(story, "web-1", socket.AF_INET, socket.SOCK_DGRAM) as server,
+        socket_in(story, "router", socket.AF_INET, socket.SOCK_DGRAM) as client,
     ):
         server.bind((web, 5353))
         server.settimeout(3)
@@ -689,7 +575,7 @@ def test_replies_need_no_rule_and_the_reverse_is_a_new_flow(story: Story, proces
         server.sendto(b"answer from web-1", peer)
         assert client.recv(100) == b"answer from web-1", "the reply came back without a rule"
     # an ICMP error about a permitted flow: a new datagram to the allowed port, nobody listens
-    with _socket_in(story, "router", socket.AF_INET, socket.SOCK_DGRAM) as client:
+    with socket_in(story, "router", socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.settimeout(3)
         client.connect((web, 5353))
         client.send(b"anyone?")
@@ -711,8 +597,8 @@ def test_the_receiver_drops_what_the_sender_skips(story: Story) -> None:
     guest_out, web_in = _denied_out(story, "guest"), _denied_in(story, "web-1")
     count = 5
     with (
-        _socket_in(story, "web-1", socket.AF_INET, socket.SOCK_DGRAM) as server,
-        _socket_in(story, "guest", socket.AF_INET, socket.SOCK_DGRAM) as client,
+        socket_in(story, "web-1", socket.AF_INET, socket.SOCK_DGRAM) as server,
+        socket_in(story, "guest", socket.AF_INET, socket.SOCK_DGRAM) as client,
     ):
         server.bind((web, 9999))  # no rule for udp/9999
         for number in range(count):
@@ -740,25 +626,25 @@ def test_port_security_drops_forged_sources(story: Story) -> None:
     ops_mac = _status(story, "ops-1")["node"]["mac"]
     assert _ping(story, "ops-1", ip["web-1"], count=1) == (1, 1)  # web-1 has ops-1 in its ARP cache
     spoofed = _spoofed(story, "web-1")
-    forged_arp = _ethernet(
-        mac["web-1"], mac["guest"], 0x0806, _arp_reply(mac["guest"], ip["ops-1"], mac["web-1"], ip["web-1"])
+    forged_arp = ethernet(
+        mac["web-1"], mac["guest"], 0x0806, arp_reply(mac["guest"], ip["ops-1"], mac["web-1"], ip["web-1"])
     )
-    forged_ip = _ethernet(
+    forged_ip = ethernet(
         mac["web-1"],
         mac["ops-1"],
         0x0800,
-        _ipv4(ip["ops-1"], ip["web-1"], 1, _icmp_echo(b"MARK-forged-ops-1")),
+        ipv4(ip["ops-1"], ip["web-1"], 1, icmp_echo(b"MARK-forged-ops-1")),
     )
     pinging = story.lab.host("ops-1").popen(
         _ping_argv(ip["web-1"], 20, interval=0.1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        with _raw(story, "guest") as guest, _raw(story, "web-1") as capture:
+        with raw(story, "guest") as guest, raw(story, "web-1") as sniffer:
             for _ in range(10):
                 guest.send(forged_arp)
                 guest.send(forged_ip)
                 time.sleep(0.1)
-            seen = _capture(capture, 0.3)
+            seen = capture(sniffer, 0.3)
         output, _ = pinging.communicate(timeout=15)
     finally:
         if pinging.poll() is None:
@@ -767,30 +653,30 @@ def test_port_security_drops_forged_sources(story: Story) -> None:
     assert _received(output) == (20, 20), f"ops-1 -> web-1 lost pings during the forgery: {output}"
     neighbour = story.lab.host("web-1").run(["ip", "neigh", "show", ip["ops-1"], "dev", "naas0"]).stdout
     assert f"lladdr {ops_mac}" in neighbour, f"web-1's ARP entry for ops-1: {neighbour!r}"
-    assert not _carrying(seen, b"MARK-forged-ops-1")
+    assert not carrying(seen, b"MARK-forged-ops-1")
     assert not [f for f in seen if f[12:14] == b"\x08\x06" and f[6:12] == mac["guest"]], "no forged ARP"
     rise = _spoofed(story, "web-1") - spoofed
     assert rise >= 20, f"web-1 spoofed_source rose by {rise} for 20 forged frames"
 
     # router may send from its allowed_addresses; guest may not
-    with _raw(story, "web-1") as capture, _raw(story, "router") as router, _raw(story, "guest") as guest:
+    with raw(story, "web-1") as sniffer, raw(story, "router") as router, raw(story, "guest") as guest:
         spoofed = _spoofed(story, "web-1")
         marker = b"MARK-routed-source"
         router.send(
-            _ethernet(
-                mac["web-1"], mac["router"], 0x0800, _ipv4(ROUTED_SOURCE, ip["web-1"], 1, _icmp_echo(marker))
+            ethernet(
+                mac["web-1"], mac["router"], 0x0800, ipv4(ROUTED_SOURCE, ip["web-1"], 1, icmp_echo(marker))
             )
         )
-        assert _carrying(_capture(capture, 3, until=marker), marker), "router's 10.77.0.5 reaches web-1"
+        assert carrying(capture(sniffer, 3, until=marker), marker), "router's 10.77.0.5 reaches web-1"
         assert _spoofed(story, "web-1") == spoofed
         marker = b"MARK-borrowed-source"
         guest.send(
-            _ethernet(
-                mac["web-1"], mac["guest"], 0x0800, _ipv4(ROUTED_SOURCE, ip["web-1"], 1, _icmp_echo(marker))
+            ethernet(
+                mac["web-1"], mac["guest"], 0x0800, ipv4(ROUTED_SOURCE, ip["web-1"], 1, icmp_echo(marker))
             )
         )
         assert _until(lambda: _spoofed(story, "web-1") == spoofed + 1, 3) is not None
-        assert not _carrying(_capture(capture, 0.3), marker)
+        assert not carrying(capture(sniffer, 0.3), marker)
     print(
         f"port security: 20 forged frames dropped (spoofed_source +{rise}), 20/20 pings from ops-1"
         f" answered, ARP entry kept; {ROUTED_SOURCE} accepted from router only"
@@ -934,18 +820,18 @@ def test_ethertypes_and_vlan_tags(story: Story) -> None:
     ip = {host: _ip(story, host) for host in ("ops-1", "web-1", "guest")}
     mac = {host: _mac(story, host) for host in ("ops-1", "web-1", "guest")}
     denied = _denied_in(story, "web-1")
-    with _raw(story, "web-1") as capture, _raw(story, "guest") as guest, _raw(story, "ops-1") as ops:
-        _capture(capture, 0.1)
-        guest.send(_ethernet(mac["web-1"], mac["guest"], 0x88B5, b"MARK-88b5"))
-        guest.send(_ethernet(mac["web-1"], mac["guest"], 0x88B6, b"MARK-88b6"))
-        guest.send(_ethernet(mac["web-1"], mac["guest"], 0x88B5, b"MARK-tagged-88b5", vlan=42))
-        syn = _tcp_syn(ip["guest"], ip["web-1"], 40000, 22, b"MARK-tagged-guest-syn")
-        guest.send(_ethernet(mac["web-1"], mac["guest"], 0x0800, _ipv4(ip["guest"], ip["web-1"], 6, syn), 42))
-        syn = _tcp_syn(ip["ops-1"], ip["web-1"], 40001, 22, b"MARK-tagged-ops-syn")
-        ops.send(_ethernet(mac["web-1"], mac["ops-1"], 0x0800, _ipv4(ip["ops-1"], ip["web-1"], 6, syn), 42))
-        seen = _capture(capture, 1.5)
+    with raw(story, "web-1") as sniffer, raw(story, "guest") as guest, raw(story, "ops-1") as ops:
+        capture(sniffer, 0.1)
+        guest.send(ethernet(mac["web-1"], mac["guest"], 0x88B5, b"MARK-88b5"))
+        guest.send(ethernet(mac["web-1"], mac["guest"], 0x88B6, b"MARK-88b6"))
+        guest.send(ethernet(mac["web-1"], mac["guest"], 0x88B5, b"MARK-tagged-88b5", vlan=42))
+        syn = tcp_syn(ip["guest"], ip["web-1"], 40000, 22, b"MARK-tagged-guest-syn")
+        guest.send(ethernet(mac["web-1"], mac["guest"], 0x0800, ipv4(ip["guest"], ip["web-1"], 6, syn), 42))
+        syn = tcp_syn(ip["ops-1"], ip["web-1"], 40001, 22, b"MARK-tagged-ops-syn")
+        ops.send(ethernet(mac["web-1"], mac["ops-1"], 0x0800, ipv4(ip["ops-1"], ip["web-1"], 6, syn), 42))
+        seen = capture(sniffer, 1.5)
     arrived = {
-        marker: bool(_carrying(seen, marker.encode()))
+        marker: bool(carrying(seen, marker.encode()))
         for marker in (
             "MARK-88b5",
             "MARK-88b6",

@@ -167,7 +167,7 @@ def _is_running(pid: int, start: int | None) -> bool:
     return state not in ("Z", "X")
 
 
-def _teardown(namespaces: Sequence[str], processes: Sequence[tuple[int, int | None]]) -> None:
+def teardown(namespaces: Sequence[str], processes: Sequence[tuple[int, int | None]]) -> None:
     """Kill `processes` and everything else inside `namespaces`, then delete them."""
     present = [namespace for namespace in namespaces if (NETNS_DIR / namespace).exists()]
     stragglers = [
@@ -395,7 +395,7 @@ class Lab:
             return
         self._closed = True
         processes = [(p.pid, start) for p, start, _ in self._processes if p.poll() is None]
-        _teardown(self._created, processes)
+        teardown(self._created, processes)
         for process, _start, _argv in self._processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=1.0)  # reap
@@ -533,7 +533,7 @@ def _owner_alive(state: Mapping[str, Any]) -> bool:
 def _remove_saved(path: Path, state: Mapping[str, Any]) -> list[str]:
     namespaces = [str(name) for name in state.get("namespaces", [])]
     processes = [(int(p["pid"]), p.get("start")) for p in state.get("processes", [])]
-    _teardown(namespaces, processes)
+    teardown(namespaces, processes)
     for owned in state.get("paths", []):
         directory = Path(str(owned))
         if directory.is_absolute() and directory.is_dir() and not directory.is_symlink():
@@ -574,5 +574,5 @@ def cleanup_stale(prefix: str = LAB_PREFIX, state_dir: Path = STATE_DIR) -> list
         for name in (sorted(os.listdir(NETNS_DIR)) if NETNS_DIR.is_dir() else [])
         if pattern.match(name) and name not in protected and name not in removed
     ]
-    _teardown(orphans, [])
+    teardown(orphans, [])
     return removed + orphans
