@@ -110,8 +110,10 @@ def test_groups_changed_by_apply_reach_every_member_within_two_seconds(story: St
     applied = _applied(story, MESH, version + 1, 10.0)
     assert len(applied) == len(MESH), applied
     last = max(applied.values())
-    print(f"groups: every member took the document {last - after:.2f} s after `naas apply` returned"
-          f" ({last - before:.2f} s after it started)")
+    print(
+        f"groups: every member took the document {last - after:.2f} s after `naas apply` returned"
+        f" ({last - before:.2f} s after it started)"
+    )
     assert last - after <= 2.0
     others = [host for host in MESH if host != "aws-web-1"]
     groups_seen = {host: (_peer(story, host, "aws-web-1") or {}).get("groups") for host in others}
@@ -143,8 +145,14 @@ def test_an_admin_on_another_machine_works_at_a_pops_api(story: Story) -> None:
     assert created.returncode == 0, created.stderr
     invited = at_the_api("admin", "invite", "--client", "spare-1", "--json")
     assert invited.returncode == 0 and json.loads(invited.stdout)[0]["url"].startswith("naas://")
-    wrong_pin = story.run("desktop", ["env", f"NAAS_API_TOKEN={tokens['admin']}", *naas_argv(
-        "members", "--api", api[1], "--pin", "sha256:" + "A" * 43)])
+    wrong_pin = story.run(
+        "desktop",
+        [
+            "env",
+            f"NAAS_API_TOKEN={tokens['admin']}",
+            *naas_argv("members", "--api", api[1], "--pin", "sha256:" + "A" * 43),
+        ],
+    )
     assert wrong_pin.returncode == 1 and "pin" in wrong_pin.stderr and tokens["admin"] not in wrong_pin.stderr
 
 
@@ -175,8 +183,10 @@ def test_a_revoked_member_is_cut_off_everywhere_and_comes_back_as_a_new_identity
     others = [host for host in MESH if host != "laptop"]
     applied = _applied(story, others, version + 1, 10.0)
     last = max(applied.values())
-    print(f"revocation: every member took the document {last - after:.2f} s after `naas revoke` returned"
-          f" ({last - before:.2f} s after it started)")
+    print(
+        f"revocation: every member took the document {last - after:.2f} s after `naas revoke` returned"
+        f" ({last - before:.2f} s after it started)"
+    )
     assert len(applied) == len(others) and last - after <= 5.0
 
     def everyone_dropped_it() -> bool:
@@ -257,8 +267,10 @@ def test_revocation_spreads_between_members_with_the_pops_gone(story: Story) -> 
     stopped = time.time()
     applied = _applied(story, far_hosts, version + 1, 10.0)
     assert len(applied) == 2, "the members passed the revocation on"
-    print(f"revocation reached the members that reach no PoP by {max(applied.values()) - stopped:.2f} s"
-          " after both PoPs stopped")
+    print(
+        f"revocation reached the members that reach no PoP by {max(applied.values()) - stopped:.2f} s"
+        " after both PoPs stopped"
+    )
     assert all(_peer(story, host, "kiosk") is None for host in far_hosts)
     assert story.naas("ali-db-1", "down", "--network", NETWORK).returncode == 0
     assert story.naas("ali-db-1", "up", "--network", NETWORK).returncode == 0

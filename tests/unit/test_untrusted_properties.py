@@ -429,7 +429,8 @@ CASES: dict[str, Case] = {
         json_inputs(ENROLL_BODIES),
         (),  # it never raises: a problem comes back as text
         (tuple, str),
-    ),    "naas.pop.server.EnrollmentService._parse_renew_untrusted": Case(
+    ),
+    "naas.pop.server.EnrollmentService._parse_renew_untrusted": Case(
         functools.partial(EnrollmentService._parse_renew_untrusted, ENROLLMENT),  # type: ignore[arg-type]
         json_inputs(RENEW_BODIES),
         (),  # it never raises: a problem comes back as text

@@ -150,4 +150,3 @@ class AgentMembership:
             "renewal_failures": renewal.failures if renewal else 0,
             "last_error": renewal.last_error if renewal else None,
         }
-

@@ -177,7 +177,7 @@ def parse_port_range(text: object) -> tuple[int, int]:
             lo, hi = int(first), int(last) if sep else int(first)
             if 0 < lo <= hi < 65536:
                 return lo, hi
-    raise ValueError(f"{text!r} is not a port or a range (e.g. \"22\", \"8000-8100\")")
+    raise ValueError(f'{text!r} is not a port or a range (e.g. "22", "8000-8100")')
 
 
 def parse_policy(raw: object, key: str = "policy") -> Policy:

@@ -81,4 +81,3 @@ def revision_problem(conn: Connection, upgrade_command: str) -> str | None:
             "upgrade NaaS on this host"
         )
     return f"the store's schema is at revision {revision}, this NaaS needs {head}: run `{upgrade_command}`"
-
