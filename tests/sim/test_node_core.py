@@ -211,7 +211,7 @@ def test_superseded_certificate_cannot_connect() -> None:
     before = alpha.drops[DropReason.BAD_CERTIFICATE]
     net.cores["bravo"].peers[alpha.node_id].sessions.clear()  # force a new handshake
     net.cores["bravo"].peers[alpha.node_id].pending = None
-    net.cores["bravo"]._initiate(net.cores["bravo"].peers[alpha.node_id], net.now)
+    net.cores["bravo"].handshakes.initiate(net.cores["bravo"].peers[alpha.node_id], net.now)
     net.pump()
     assert alpha.drops[DropReason.BAD_CERTIFICATE] == before + 1
     assert alpha.peers[3].sessions == []

@@ -128,7 +128,7 @@ def test_a_rekey_during_a_flood_asks_for_a_cookie_and_completes() -> None:
     assert bravo.cookies.under_load(net.now)
     peer = alpha.peers[bravo.node_id]
     handshakes, cookies_sent = peer.stats.handshakes, bravo.cookies.cookies_sent
-    alpha._initiate(peer, net.now)  # what the rekey timer does
+    alpha.handshakes.initiate(peer, net.now)  # what the rekey timer does
     flood(net, bravo, 0.5, forged_initiations(bravo, 20), as_runs=True)
     assert bravo.cookies.cookies_sent > cookies_sent, "bravo asked alpha for a cookie"
     assert peer.cookie is not None, "alpha kept it"

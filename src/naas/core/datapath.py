@@ -52,15 +52,17 @@ from naas.core.control_messages import ControlMessage
 from naas.core.cookie import CookieResponder, Verdict
 from naas.core.firewall import Firewall
 from naas.core.fragments import FRAGMENT_HEADER_LEN, datagrams_of, piece_size_for
+from naas.core.handshake import TransportKeys
 from naas.core.inside import Inside
 from naas.core.membership_sync import MembershipSync
 from naas.core.mesh_routes import MeshRoutes
 from naas.core.offload import PLAIN_VNET_HDR
 from naas.core.outside import Outside
-from naas.core.peer import Address, Peer
+from naas.core.peer import Address, LinkEvent, Peer
 from naas.core.session import Session
 from naas.core.switch import MacTable
 from naas.core.wire import DEFAULT_HOP_LIMIT, ETHERNET_HEADER_LEN, INNER_FRAME, DropReason
+from naas.model.certificate import Certificate
 
 _FRAME = bytes((INNER_FRAME,))
 LOOPBACK: Address = ("loopback", 0)  # where warm_up's datagram "goes": never a socket
@@ -134,7 +136,7 @@ class DataPath:
         self.datagrams_out: list[tuple[bytes, Address]] = []
         self.runs_out: list[tuple[bytes | bytearray, Address, int]] = []  # (run, to, segment size)
         self.frames_out: list[bytes | memoryview] = []
-        self.loopback: tuple[Peer, Session, bytes] | None = None  # for warm_up: set by NodeCore
+        self.loopback: tuple[Peer, Session, bytes] | None = None  # for warm_up: see open_loopback
         self.inside = Inside(self, hooks, dhcp_responder)
         self.outside = Outside(self, hooks)
         self.tap_frames_received = self.inside.frames_received
@@ -181,7 +183,7 @@ class DataPath:
         its counters and its statistics are the loopback's own. True if the frame came
         back intact; a failure is counted in `drops` like any other.
         """
-        assert self.loopback is not None, "NodeCore sets it up"
+        assert self.loopback is not None, "NodeCore opens it (open_loopback)"
         peer, session, frame = self.loopback
         session.created_at = now  # it never expires
         datagrams, frames = self.datagrams_out, self.frames_out
@@ -192,6 +194,18 @@ class DataPath:
         datagram, address = datagrams.pop()
         self.runs_received(((datagram, address, len(datagram)),), now)
         return len(frames) > written and frames.pop() == self.local_frame(frame)
+
+    def open_loopback(self, certificate: Certificate, key: bytes, index: int, now: float) -> None:
+        """Set up the session `warm_up` runs on: this node's (``certificate``, ours) with
+        itself, under ``key``, random, which never leaves it. Its ``index`` stays taken in
+        the session index, so no real session gets it."""
+        keys = TransportKeys(send_key=key, receive_key=key, handshake_hash=b"")
+        session = Session(keys, local_index=index, remote_index=index, is_initiator=True, now=now)
+        peer = Peer(certificate, current_endpoint=LOOPBACK)
+        peer.link_event(LinkEvent.PROBE_ANSWERED)  # its "link" is always up
+        peer.sessions.append(session)
+        self.by_index[index] = (peer, session)
+        self.loopback = (peer, session, warm_up_frame(self.mac))
 
     def send_inner(self, peer: Peer, inner: bytes, now: float, address: Address | None = None) -> None:
         """Seal ``inner`` for ``peer``; to ``address`` if given (probes), else where routes say."""

@@ -18,13 +18,18 @@ joined, the policy applied, the offload fast path) is an object NodeCore holds
 (``datapath``, core/datapath.py), given the collaborators it shares with the node and
 the hooks it calls back (``DataPathHooks``); the driver's input methods and ``take_``
 methods are the data path's own. The handshakes (Noise IK initiations and responses,
-cookies under load, core/handshakes.py) and the members (core/roster.py) are parts of
-NodeCore (Handshakes <- Roster <- NodeCore). NodeCore owns the state they share, sets it
-up here, and decides who gets a session and when. A
-member with no session to send on gets an initiation, retried until answered (its
-frames wait in a short queue); the peer's certificate, signed by the network CA,
-travels inside the encrypted handshake payload and must match the Noise static key.
-Control messages (probes, member records, link state) come from the data path.
+cookies under load) are another (``handshakes``, core/handshakes.py), made after the
+data path they send through and given ``HandshakeHooks``; the data path's handshake
+hooks reach them through NodeCore, one call more on a rare path (``activate``, called
+per frame, stays a method of NodeCore itself). The members, their certificates and the
+network document (core/roster.py) are a part of NodeCore, its base class Roster: they
+change most of what NodeCore holds. NodeCore owns the state they share, sets it up
+here, and decides who gets a session and when. A member with no session to send on
+gets an initiation, retried until answered (its frames wait in a short queue); the
+peer's certificate, signed by the network CA, travels inside the encrypted handshake
+payload and must match the Noise static key. Control messages (probes, member records,
+link state) come from the data path. ``topology`` (and ``status``, its JSON form) is
+built by core/status.py from what NodeCore holds.
 
 Two parts live in modules of their own, each given NodeCore's sessions to send on:
 core/link_state_sync.py (``link_state``: owns the routes, floods signed link-state
@@ -71,10 +76,10 @@ from naas.core.control_messages import (
 )
 from naas.core.cookie import CookieResponder
 from naas.core.crypto import KEY_LEN
-from naas.core.datapath import LOOPBACK, DataPath, DataPathHooks, warm_up_frame
+from naas.core.datapath import DataPath, DataPathHooks
 from naas.core.firewall import Firewall, MemberFacts, networks
 from naas.core.fragments import one_run_limit, piece_size_for
-from naas.core.handshake import TransportKeys
+from naas.core.handshakes import HandshakeHooks, Handshakes
 from naas.core.link_state_sync import LinkStateSync
 from naas.core.loss import SPLIT_HOLD
 from naas.core.membership_sync import MembershipSync
@@ -85,15 +90,12 @@ from naas.core.roster import NodeEvent as NodeEvent
 from naas.core.roster import Roster
 from naas.core.session import Session
 from naas.core.standing import FULL_MESH_UP_TO, IDLE_LINK_AFTER
+from naas.core.status import topology_of
 from naas.core.switch import MacTable
-from naas.core.topology import CONNECTING_FOR, LinkView, MemberView, Reach, Topology
-from naas.core.wire import (
-    PROLOGUE_PREFIX,
-    DropReason,
-)
+from naas.core.topology import Topology
+from naas.core.wire import DropReason
 from naas.model.codec import certificate_to_bytes
 from naas.model.document import NetworkDocument
-from naas.model.ids import format_mac
 from naas.model.network import MemberRecord, NetworkInfo
 from naas.model.policy import OPEN_POLICY
 
@@ -130,12 +132,9 @@ class NodeCore(Roster):
         self._standing_threshold = 1.0
         self._random = random_bytes
         self._wall_offset = wall_offset
-        self._last_stamp = 0
-        self._prologue = PROLOGUE_PREFIX + network.name.encode()
         self._own_cert_bytes = certificate_to_bytes(identity.certificate)
         self._by_index: dict[int, tuple[Peer, Session]] = {}
         self.cookies = CookieResponder(identity.certificate.static_public, random_bytes, now)
-        self._pending_by_index: dict[int, Peer] = {}
         # naas0 reads and writes carry a virtio-net header (daemon/tap.py, core/offload.py)
         self.tap_offload = tap_offload
         self._events: list[NodeEvent] = []
@@ -203,14 +202,23 @@ class NodeCore(Roster):
             ip_to_node=self._ip_to_node,
             dhcp_responder=dhcp_responder,
             hooks=DataPathHooks(
-                activate=self._activate,
-                initiate=self._initiate,
+                activate=self._activate,  # per frame: NodeCore's own method, no call in between
+                # the handshakes are made below (they send through this data path): found at call time
+                initiate=lambda peer, now: self.handshakes.initiate(peer, now),
                 session_ready=self._session_ready,
                 control_received=self._control_received,
-                initiation_verdict=self._initiation_verdict,
-                initiation_received=self._initiation_received,
-                response_received=self._response_received,
-                cookie_reply_received=self._cookie_reply_received,
+                initiation_verdict=lambda datagram, address, now, counted: self.handshakes.initiation_verdict(
+                    datagram, address, now, counted
+                ),
+                initiation_received=lambda datagram, address, relayed, now: (
+                    self.handshakes.initiation_received(datagram, address, relayed, now)
+                ),
+                response_received=lambda datagram, address, relayed, now: self.handshakes.response_received(
+                    datagram, address, relayed, now
+                ),
+                cookie_reply_received=lambda datagram, now: self.handshakes.cookie_reply_received(
+                    datagram, now
+                ),
                 revoked=lambda: self._revoked,
                 standing_threshold=lambda: self._standing_threshold,
                 own_ip=lambda: self.identity.certificate.ip,
@@ -228,28 +236,30 @@ class NodeCore(Roster):
         self.take_runs = datapath.take_runs
         self.take_all_datagrams = datapath.take_all_datagrams
         self.take_frames = datapath.take_frames
-        # what the handshakes and the sync modules send through
-        self._datagrams_out = datapath.datagrams_out
-        self._address_for = datapath.address_for
-        self._endpoint_confirmed = datapath.endpoint_confirmed
+        self.handshakes = Handshakes(
+            node_id=self.node_id,
+            static_private=identity.static_private,  # a renewed certificate keeps the keys
+            network=network,
+            peers=self.peers,
+            by_index=self._by_index,
+            tracked=self._tracked,
+            cookies=self.cookies,
+            datapath=datapath,
+            random_bytes=random_bytes,
+            wall_offset=wall_offset,
+            hooks=HandshakeHooks(
+                own_certificate=lambda: self._own_cert_bytes,
+                revoked=lambda: self._revoked,
+                learn_member=lambda record, now: self._learn_member(record, now, gossip=True),
+                session_ready=self._session_ready,
+            ),
+        )
         if document is not None:
             self.document_received(document, now)
         for record in members:
             self._learn_member(record, now, gossip=False)
-        datapath.loopback = self._loopback_session(now)
-
-    def _loopback_session(self, now: float) -> tuple[Peer, Session, bytes]:
-        """A session of this node with itself, under a random key that never leaves it, for
-        `warm_up` (core/datapath.py). Its index stays taken so no real session gets it."""
-        key = self._random(KEY_LEN)
-        keys = TransportKeys(send_key=key, receive_key=key, handshake_hash=b"")
-        index = self._new_index()
-        session = Session(keys, local_index=index, remote_index=index, is_initiator=True, now=now)
-        peer = Peer(self.identity.certificate, current_endpoint=LOOPBACK)
-        peer.link_event(LinkEvent.PROBE_ANSWERED)  # its "link" is always up
-        peer.sessions.append(session)
-        self._by_index[index] = (peer, session)
-        return peer, session, warm_up_frame(self.mac)
+        key = self._random(KEY_LEN)  # warm_up's session, with itself (core/datapath.py)
+        datapath.open_loopback(self.identity.certificate, key, self.handshakes.new_index(), now)
 
     # -- what the firewall knows of members (core/firewall.py) --------------------------------
 
@@ -286,7 +296,7 @@ class NodeCore(Roster):
         return self.datapath.outside.relayed_bytes
 
     def _send_inner(self, peer: Peer, inner: bytes, now: float, address: Address | None = None) -> None:
-        """`DataPath.send_inner` (for the handshakes and the sync modules, made before it)."""
+        """`DataPath.send_inner` (for the sync modules, made before it)."""
         self.datapath.send_inner(peer, inner, now, address)
 
     # -- effects --------------------------------------------------------------------------
@@ -396,7 +406,7 @@ class NodeCore(Roster):
                 if now - pending.first_sent_at > REKEY_ATTEMPT_TIME:
                     self._expired_handshake_attempt(peer, now)
                 elif now - pending.last_sent_at >= REKEY_TIMEOUT:
-                    self._expired_retransmit_handshake(peer, now)
+                    self.handshakes.initiate(peer, now)  # again, under a new ephemeral key
             wanted = self._wanted(peer, now)
             if not wanted and peer.link is LinkState.UP:
                 self._link_went_idle(peer)
@@ -418,7 +428,7 @@ class NodeCore(Roster):
                     or (session is None and peer.queue)
                 )
             ):
-                self._initiate(peer, now)
+                self.handshakes.initiate(peer, now)
                 peer.next_attempt_at = now + REHANDSHAKE_AFTER_MISSES * PROBE_INTERVAL
             if wanted and session is not None and now >= peer.next_probe_at:
                 self._expired_probe_interval(peer, now)
@@ -444,16 +454,9 @@ class NodeCore(Roster):
 
     def _expired_handshake_attempt(self, peer: Peer, now: float) -> None:
         """REKEY_ATTEMPT_TIME without a response: give up, try again after a backoff."""
-        pending = peer.pending
-        assert pending is not None
-        self._pending_by_index.pop(pending.local_index, None)
-        peer.pending = None
+        self.handshakes.forget_pending(peer)
         peer.next_attempt_at = now + peer.attempt_backoff
         peer.attempt_backoff = min(peer.attempt_backoff * 2, 30.0)
-
-    def _expired_retransmit_handshake(self, peer: Peer, now: float) -> None:
-        """REKEY_TIMEOUT without a response: a new initiation (a new ephemeral key)."""
-        self._initiate(peer, now)
 
     def _link_went_idle(self, peer: Peer) -> None:
         """An on-demand link no frame used for IDLE_LINK_AFTER: stop measuring and
@@ -499,87 +502,22 @@ class NodeCore(Roster):
         return self.topology(now).to_dict()
 
     def topology(self, now: float) -> Topology:
-        """This member's view of the mesh (core/topology.py): how each member is reached
-        from here, and every live two-way link with its RTT."""
-        cert = self.identity.certificate
-        me = MemberView(
-            cert.node_id,
-            cert.name,
-            cert.is_pop,
-            str(cert.ip) if cert.ip else None,
-            format_mac(self.mac),
-            Reach.SELF,
-            groups=self.groups_of(cert),
-        )
-        members = [me]
-        for peer in sorted(self.peers.values(), key=lambda p: (p.name, p.node_id)):
-            session = peer.send_session(now)
-            stats = peer.stats
-            self._address_for(peer)  # refreshes relayed_via from the current routes
-            via = self.peers.get(peer.relayed_via) if peer.relayed_via is not None else None
-            direct = peer.link_up(now)
-            if direct:
-                reach = Reach.DIRECT
-            elif session is not None and via is not None and via.link_up(now):
-                reach = Reach.RELAYED
-            elif peer.pending is not None and now - (peer.calling_since or now) < CONNECTING_FOR:
-                reach = Reach.CONNECTING
-            elif session is None and not self._wanted(peer, now) and self.routes.next_hop(peer.node_id):
-                reach = Reach.IDLE  # a large mesh: no link until frames flow, and a path exists
-            else:
-                reach = Reach.UNREACHABLE
-            endpoint = peer.current_endpoint
-            members.append(
-                MemberView(
-                    node_id=peer.node_id,
-                    name=peer.name,
-                    pop=peer.certificate.is_pop,
-                    ip=str(peer.certificate.ip.ip) if peer.certificate.ip else None,
-                    mac=format_mac(peer.certificate.mac),
-                    reach=reach,
-                    via=via.name if reach is Reach.RELAYED and via is not None else None,
-                    endpoint=f"{endpoint[0]}:{endpoint[1]}" if endpoint else None,
-                    rtt_ms=round(stats.rtt * 1000, 3) if stats.rtt is not None and direct else None,
-                    rx_bytes=stats.rx_bytes,
-                    tx_bytes=stats.tx_bytes,
-                    rx_packets=stats.rx_packets,
-                    tx_packets=stats.tx_packets,
-                    handshakes=stats.handshakes,
-                    session_age_s=round(session.age(now), 1) if session else None,
-                    rx_lost=stats.rx_lost,
-                    superframes_cut=peer.tx_adaptation.cutting(now),
-                    groups=self.groups_of(peer.certificate),
-                    document_version=peer.document_version,
-                )
-            )
-        return Topology(
+        """This member's view of the mesh (core/topology.py, built by core/status.py)."""
+        return topology_of(
+            now,
             network=self.network.name,
-            local=cert.node_id,
+            own=self.identity.certificate,
             mtu=self.mtu,
-            members=tuple(members),
-            links=self._live_links(),
-            drops={reason.value: count for reason, count in self.drops.items()},
+            peers=self.peers,
+            routes=self.routes,
+            groups_of=self.groups_of,
+            address_for=self.datapath.address_for,
+            wanted=self._wanted,
+            document=self.document,
+            document_applied_at=self.document_applied_at,
+            drops=self.drops,
             relayed_packets=self.relayed_packets,
             relayed_bytes=self.relayed_bytes,
             learned_macs=len(self.mac_table),
-            document_version=self.document.version if self.document is not None else 0,
-            document_applied_at=round(self.document_applied_at, 3),
-            revoked=tuple((r.node_id, r.name) for r in self.document.revoked) if self.document else (),
             policy=self.firewall.status(),
         )
-
-    def _live_links(self) -> tuple[LinkView, ...]:
-        """Every link both ends advertise (the routing's two-way rule), ours from the live
-        measurements; RTT = the mean of the two ends' costs. Only links between members
-        this one has a path to: the last advertisements of members that went away (two
-        stopped PoPs still list their link) say nothing about the mesh any more."""
-        routes, own = self.routes, self.node_id
-        known = {node for node in self.peers if routes.next_hop(node) is not None} | {own}
-        links = []
-        for a in sorted(known):
-            for b, cost_ab in routes.neighbours_of(a).items():
-                if a < b and b in known:
-                    cost_ba = routes.neighbours_of(b).get(a)
-                    if cost_ba is not None:
-                        links.append(LinkView(a, b, round((cost_ab + cost_ba) / 2000, 3)))
-        return tuple(links)

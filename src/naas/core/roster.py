@@ -14,26 +14,40 @@ version is announced to every peer with a session, hash first. Its groups replac
 certificates' (``groups_of``). A document that revokes this member sets ``revoked``: the
 driver stops.
 
-Never made on its own: NodeCore (core/node.py) sets up the state declared below.
+Roster is a base class of NodeCore (core/node.py), not a collaborator it is given: it
+reads and changes most of what NodeCore holds (the member table and the tracked peers,
+the addresses the data path checks, the MAC table, the firewall, the events, the next
+deadline, our identity and the threshold of standing links), so as a part of its own it
+would be handed a dozen of NodeCore's fields and hooks, and would hand its entry points
+(``member_enrolled``, ``document_received``, ``groups_of``, ...) back through as many
+one-line methods of NodeCore. It stays one class with NodeCore, in a module of its own;
+NodeCore sets up the state declared below. The handshakes are a collaborator
+(core/handshakes.py): a member that is removed or gets new keys loses its sessions and
+its handshake in flight through them (``forget_sessions``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 from naas.core.constants import MAX_ENDPOINTS_PER_MEMBER
 from naas.core.crypto import certificate_problem
 from naas.core.firewall import Firewall
 from naas.core.handshakes import Handshakes
 from naas.core.link_state_sync import LinkStateSync
+from naas.core.membership_sync import MembershipSync
 from naas.core.network_document import open_document_untrusted
-from naas.core.peer import LinkEvent, Peer
+from naas.core.peer import Address, LinkEvent, Peer
 from naas.core.standing import pair_score, standing_threshold
+from naas.core.switch import MacTable
 from naas.core.wire import DropReason
 from naas.model.certificate import Certificate
 from naas.model.codec import certificate_to_bytes
 from naas.model.document import DocumentError, NetworkDocument
-from naas.model.network import MemberRecord
+from naas.model.ids import NodeId
+from naas.model.network import MemberRecord, NetworkInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,17 +67,32 @@ class NodeEvent:
     detail: str = ""
 
 
-class Roster(Handshakes):
-    """NodeCore's members and network document."""
+class Roster:
+    """NodeCore's members and network document (a part of NodeCore: module docstring)."""
 
     # -- NodeCore's state, declared here for the methods below (see NodeCore.__init__) --
-    full_mesh_up_to: int
+    identity: LocalIdentity
+    node_id: NodeId
+    network: NetworkInfo
+    drops: Counter[DropReason]
+    peers: dict[int, Peer]
+    _tracked: dict[int, Peer]  # peers the timer looks at
+    _member_addresses: dict[Address, int]  # members' direct endpoints (relay check)
+    _ip_to_node: dict[IPv4Address, int]  # members' addresses (ARP answers)
+    mac_table: MacTable
+    firewall: Firewall
+    membership: MembershipSync
     link_state: LinkStateSync
+    handshakes: Handshakes
+    full_mesh_up_to: int
+    _standing_threshold: float
+    _wall_offset: float  # add to `now` for the wall clock (certificate validity)
+    _own_cert_bytes: bytes  # our certificate, encoded, for the handshakes
     document: NetworkDocument | None
     document_applied_at: float  # wall clock
+    _revoked: frozenset[int]  # node ids the network document revokes
     revoked: bool  # this member is revoked: the driver stops
     _events: list[NodeEvent]
-    firewall: Firewall
     _link_was_up: dict[int, bool]
     _next_deadline: float
 
@@ -115,7 +144,7 @@ class Roster(Handshakes):
             if cert.not_before < peer.certificate.not_before:
                 return  # an older certificate: ignore
             if cert.static_public != peer.certificate.static_public:
-                self._forget_sessions(peer)  # new keys; a renewal keeps its sessions
+                self.handshakes.forget_sessions(peer)  # new keys; a renewal keeps its sessions
             peer.certificate = cert
             self._events.append(NodeEvent("member_updated", cert.node_id, cert.name, "new certificate"))
             self.membership.table_changed()
@@ -145,14 +174,6 @@ class Roster(Handshakes):
         self._standing_threshold = standing_threshold(len(self.peers) + 1, self.full_mesh_up_to)
         if peer.standing_score < self._standing_threshold:
             self._tracked[peer.node_id] = peer
-
-    def _forget_sessions(self, peer: Peer) -> None:
-        for session in peer.sessions:
-            self._by_index.pop(session.local_index, None)
-        peer.sessions.clear()
-        if peer.pending is not None:
-            self._pending_by_index.pop(peer.pending.local_index, None)
-            peer.pending = None
 
     # -- the network document -----------------------------------------------------------------
 
@@ -190,7 +211,7 @@ class Roster(Handshakes):
 
     def _remove_member(self, peer: Peer, now: float) -> None:
         """Forget a revoked member: sessions, endpoints, addresses, learned MACs, links."""
-        self._forget_sessions(peer)
+        self.handshakes.forget_sessions(peer)
         node = peer.node_id
         del self.peers[node]
         self._tracked.pop(node, None)

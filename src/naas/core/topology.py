@@ -1,9 +1,10 @@
 """Topology: one member's view of the mesh, as data for status, graphs and drawings.
 
 Theory of operation. ``NodeCore.topology(now)`` takes a snapshot of what the member
-knows: every member (itself included) with how it is reached from here, and every live
-link of the mesh with its RTT. Everything a person or a monitoring system sees comes
-from this one model, so they cannot disagree:
+knows (core/status.py builds it from the node's state): every member (itself included)
+with how it is reached from here, and every live link of the mesh with its RTT.
+Everything a person or a monitoring system sees comes from this one model, so they
+cannot disagree:
 
     naas status          Topology -> a table (cli/member.py)
     naas status --json   Topology.to_dict()
