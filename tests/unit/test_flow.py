@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from naas.core.flow import (
     Flow,
     ends_connection,
+    fast_key,
     flow_key,
     is_tcp_syn_only,
     parse_flow_untrusted,
@@ -435,3 +436,29 @@ def test_mutated_frames_parse_or_raise_bad_packet(case: tuple[bytes, list[tuple[
             data[at] = value
     _check(bytes(data[: max(cut, 14)]))
     _check(bytes(data))
+
+
+@pytest.mark.parametrize("name", sorted(VALID_FRAMES))
+def test_the_fast_key_is_the_parsers_key_or_none(name: str) -> None:
+    """fast_key (one unpack, for the connection table's hits) never disagrees with the
+    full parser: the same key and TCP flags, or None for what it does not read."""
+    frame = b"\x00" * 3 + VALID_FRAMES[name] + b"\x00" * 40  # at an offset, padded past 48 bytes
+    common = fast_key(frame, 3)
+    flow = parse_flow_untrusted(frame, 3)
+    if common is not None:
+        assert common == (flow_key(flow), flow.tcp_flags)
+
+
+def test_the_fast_key_reads_the_common_frames() -> None:
+    syn = ether(0x0800, ipv4(6, tcp(40000, 22, SYN)))
+    assert fast_key(syn) == ((6, IP_A, 40000, IP_B, 22), SYN)
+    echo = ether(0x0800, ipv4(1, icmp(8, ident=77, payload=b"x" * 20)))
+    assert fast_key(echo) == ((1, IP_A, 77, IP_B, 77), 0)
+    assert fast_key(ether(0x0800, ipv4(17, udp(53, 5353, b"y" * 20)))) == ((17, IP_A, 53, IP_B, 5353), 0)
+    unreachable = ether(0x0800, ipv4(1, icmp(3, 3, payload=b"z" * 28)))
+    tagged = ether(0x0800, ipv4(6, tcp(1, 2, SYN)), tags=((0x8100, 7),))
+    options = ether(0x0800, ipv4(6, tcp(1, 2, SYN), options=b"\x01" * 4))
+    fragment = ether(0x0800, ipv4(6, tcp(1, 2, SYN), frag=0x2000 | 8))
+    short = ether(0x0800, ipv4(17, udp(1, 2)))
+    for other in (unreachable, tagged, options, fragment, short):
+        assert fast_key(other) is None

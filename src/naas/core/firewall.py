@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 from naas.core.conntrack import ConnectionTable
-from naas.core.flow import Flow, flow_key, parse_flow_untrusted
+from naas.core.flow import Flow, FlowKey, fast_key, flow_key, parse_flow_untrusted
 from naas.core.policy import Party, PolicyEngine
 from naas.core.wire import ETHERNET_HEADER, BadPacket, DropReason
 from naas.model.ids import MAC_PREFIX, NodeId, mac_for_node
@@ -137,6 +137,9 @@ class Firewall:
             return False
         if not self.layer3 and not self.enforcing:
             return True  # a pure layer-2 switch with no policy looks no deeper than the MACs
+        common = fast_key(data, offset)
+        if common is not None and self._known(peer, common, now, check_source=True):
+            return True  # the cache-hit path: a known flow (or no policy) from an allowed source
         try:
             flow = parse_flow_untrusted(data, offset)
         except BadPacket as exc:
@@ -162,6 +165,9 @@ class Firewall:
         """May the frame at ``data[offset:]`` from naas0 go to ``peer``?"""
         if not self.enforcing:
             return True
+        common = fast_key(data, offset)
+        if common is not None and self._known(peer, common, now, check_source=False):
+            return True
         receiver = self.party(peer)
         if receiver is None:
             return True  # not a member we know: nothing will be sent anyway
@@ -185,16 +191,25 @@ class Firewall:
         the frame then takes the general path, which decides."""
         if not self.enforcing:
             return True
-        try:
-            flow = parse_flow_untrusted(data, offset)
-        except BadPacket:
-            return False
-        if flow.proto < 0:
-            return False
-        entry = self.connections.lookup(peer, flow_key(flow), now)
+        common = fast_key(data, offset)
+        return common is not None and self._known(peer, common, now, check_source=False)
+
+    def _known(self, peer: int, common: tuple[FlowKey, int], now: float, *, check_source: bool) -> bool:
+        """The cache-hit path, for a frame `fast_key` read: True if its source is allowed
+        (``check_source``, layer 3) and no decision is needed (no policy) or its flow is in
+        the table, decided under the current generation (then the entry is refreshed).
+        False, with nothing counted or changed: the caller takes the full path."""
+        key, tcp_flags = common
+        if check_source and self.layer3:
+            facts = self._facts.get(peer) or self.facts(peer)
+            if facts is None or key[1] != facts.ip:
+                return False  # an allowed address, or a spoofed one: the full path says which
+        if not self.enforcing:
+            return True
+        entry = self.connections.lookup(peer, key, now)
         if entry is None or entry.generation != self.generation:
             return False
-        self.connections.touch(entry, flow, now)
+        self.connections.touch(entry, tcp_flags, now)
         return True
 
     def _source_allowed(self, peer: int, flow: Flow) -> bool:

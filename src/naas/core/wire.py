@@ -172,6 +172,25 @@ _IPV4_FLOW_FIELDS = (
     "I"  # source address
     "I"  # destination address
 )
+# The connection table's key of the commonest frame in one call (core/flow.py fast_key):
+# an untagged Ethernet header, a 20-byte IPv4 header and the first 14 bytes after it.
+COMMON_FLOW = struct.Struct(
+    "!12x"  # destination and source MAC (read by port security apart)
+    "H"  # EtherType
+    "B"  # IPv4 version and IHL (0x45: no options)
+    "5x"  # TOS, total length, identification
+    "H"  # flags and fragment offset
+    "x"  # TTL
+    "B"  # protocol
+    "2x"  # header checksum
+    "I"  # source address
+    "I"  # destination address
+    "H"  # TCP/UDP source port; ICMP type and code
+    "H"  # TCP/UDP destination port; ICMP checksum
+    "H"  # TCP sequence number's high half; ICMP echo identifier
+    "7x"  # the rest of the sequence and acknowledgment numbers; echo sequence ...
+    "B"  # TCP flags (after the data offset byte)
+)  # 48 bytes
 IPV4_FLOW = struct.Struct("!" + _IPV4_FLOW_FIELDS)  # 20 bytes
 ETHERNET_IPV4_FLOW = struct.Struct("!6s6sH" + _IPV4_FLOW_FIELDS)  # ETHERNET_HEADER, IPV4_FLOW: 34 bytes
 assert ETHERNET_HEADER.size == ETHERNET_HEADER_LEN
@@ -208,6 +227,7 @@ assert struct.calcsize("!6s6s") == ETH_TYPE.start
 assert ETHERNET_HEADER_LEN + struct.calcsize("!BBHHHB") == IPV4_PROTOCOL
 assert IPV4_HEADER.size == IPV4_FLOW.size == IPV4_HEADER_LEN
 assert ETHERNET_IPV4_FLOW.size == ETHERNET_HEADER_LEN + IPV4_HEADER_LEN
+assert COMMON_FLOW.size == ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + 14
 assert UDP_HEADER.size == UDP_HEADER_LEN
 
 
