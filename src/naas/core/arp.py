@@ -17,12 +17,11 @@ Ethernet padding after the 28-byte ARP body is ignored.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from naas.core.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, MAC_LEN, build_frame
-from naas.core.wire import ETHERNET_HEADER_LEN, BadPacket, DropReason
+from naas.core.wire import ARP_BODY, ETHERNET_HEADER_LEN, BadPacket, DropReason
 from naas.model.ids import BROADCAST_MAC
 
 # -- spec constants -----------------------------------------------------------------------
@@ -30,20 +29,6 @@ from naas.model.ids import BROADCAST_MAC
 HTYPE_ETHERNET = 1  # hardware type: Ethernet (10Mb)
 OP_REQUEST = 1
 OP_REPLY = 2
-
-# -- layout (network byte order) ----------------------------------------------------------
-
-ARP_ETHERNET_IPV4 = struct.Struct(
-    "!H"  # hardware type (1 = Ethernet)
-    "H"  # protocol type (0x0800 = IPv4)
-    "B"  # hardware address length (6)
-    "B"  # protocol address length (4)
-    "H"  # operation (1 = request, 2 = reply)
-    "6s"  # sender hardware address
-    "4s"  # sender protocol address
-    "6s"  # target hardware address
-    "4s"  # target protocol address
-)  # 28 bytes
 
 _ARP_TYPE_BYTES = ETHERTYPE_ARP.to_bytes(2, "big")
 _ZERO_MAC = bytes(MAC_LEN)
@@ -66,13 +51,11 @@ class ArpPacket:
 
 def parse_arp_untrusted(frame: bytes) -> ArpPacket:
     """Parse an untagged Ethernet frame carrying ARP; raise ``BadPacket`` otherwise."""
-    if len(frame) < ETHERNET_HEADER_LEN + ARP_ETHERNET_IPV4.size:
+    if len(frame) < ETHERNET_HEADER_LEN + ARP_BODY.size:
         raise BadPacket(DropReason.BAD_FRAME, f"ARP frame of {len(frame)} bytes")
     if frame[12:14] != _ARP_TYPE_BYTES:
         raise BadPacket(DropReason.BAD_FRAME, "not an untagged ARP frame")
-    htype, ptype, hlen, plen, op, sha, spa, tha, tpa = ARP_ETHERNET_IPV4.unpack_from(
-        frame, ETHERNET_HEADER_LEN
-    )
+    htype, ptype, hlen, plen, op, sha, spa, tha, tpa = ARP_BODY.unpack_from(frame, ETHERNET_HEADER_LEN)
     if htype != HTYPE_ETHERNET or ptype != ETHERTYPE_IPV4:
         raise BadPacket(DropReason.BAD_FRAME, f"ARP hardware {htype} protocol {ptype:#06x}")
     if hlen != MAC_LEN or plen != 4:
@@ -81,9 +64,7 @@ def parse_arp_untrusted(frame: bytes) -> ArpPacket:
 
 
 def _pack_arp(op: int, sha: bytes, spa: IPv4Address, tha: bytes, tpa: IPv4Address) -> bytes:
-    return ARP_ETHERNET_IPV4.pack(
-        HTYPE_ETHERNET, ETHERTYPE_IPV4, MAC_LEN, 4, op, sha, spa.packed, tha, tpa.packed
-    )
+    return ARP_BODY.pack(HTYPE_ETHERNET, ETHERTYPE_IPV4, MAC_LEN, 4, op, sha, int(spa), tha, int(tpa))
 
 
 def build_arp_reply(request: ArpPacket, answer_mac: bytes) -> bytes:
