@@ -131,4 +131,3 @@ def _another_member_cannot_take_the_vms_mac(story: Story, vm_mac: str) -> None:
     assert " 0% packet loss" in out, out
     spoofed = story.status("aws-web-1")["drops"].get("spoofed_source", 0) - before
     assert spoofed == 20, f"{spoofed} of master's 20 frames counted as spoofed_source"
-

@@ -18,10 +18,8 @@ from hypothesis import strategies as st
 
 from naas.core.flow import (
     Flow,
-    ends_connection,
     fast_key,
     flow_key,
-    is_tcp_syn_only,
     parse_flow_untrusted,
     reverse_key,
 )
@@ -128,24 +126,11 @@ def test_tcp() -> None:
     assert flow == Flow(6, IP_A, 40000, IP_B, 443, 0x0800, (), MAC_A, MAC_B, -1, SYN, False, None, 0, b"")
     assert flow_key(flow) == (6, IP_A, 40000, IP_B, 443)
     assert reverse_key(flow_key(flow)) == (6, IP_B, 443, IP_A, 40000)
-    assert is_tcp_syn_only(flow) and not ends_connection(flow)
 
 
-@pytest.mark.parametrize(
-    ("flags", "syn_only", "ends"),
-    [
-        (SYN | ACK, False, False),
-        (ACK | PSH, False, False),
-        (FIN | ACK, False, True),
-        (RST, False, True),
-        (0, False, False),
-    ],
-)
-def test_tcp_flags(flags: int, syn_only: bool, ends: bool) -> None:
-    flow = parse(tcp_frame(flags))
-    assert flow.tcp_flags == flags
-    assert is_tcp_syn_only(flow) is syn_only
-    assert ends_connection(flow) is ends
+@pytest.mark.parametrize("flags", [SYN | ACK, ACK | PSH, FIN | ACK, RST, 0])
+def test_tcp_flags(flags: int) -> None:
+    assert parse(tcp_frame(flags)).tcp_flags == flags
 
 
 def test_tcp_behind_ip_and_tcp_options() -> None:

@@ -88,19 +88,6 @@ class Entry:
         return self.key[0]
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionView:
-    """One connection for ``naas status`` (a copy: the table keeps changing)."""
-
-    peer: int
-    key: FlowKey
-    outbound: bool
-    rule: str
-    generation: int
-    closing: bool
-    expires_in: float
-
-
 class ConnectionTable:
     """The connection table of one node (see the module docstring)."""
 
@@ -222,12 +209,6 @@ class ConnectionTable:
         self.expired += removed
         return removed
 
-    def next_deadline(self) -> float | None:
-        """When ``expire`` will next find work (to within ``REQUEUE_SLACK``); None if
-        the table is empty."""
-        stamps = [next(iter(queue)).queued_until for queue in self._queues if queue]
-        return min(stamps) if stamps else None
-
     # -- status ---------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
@@ -238,27 +219,6 @@ class ConnectionTable:
             "icmp": len(self._icmp),
             "other": len(self._other),
         }
-
-    def snapshot(self, now: float, limit: int = 1000) -> list[ConnectionView]:
-        """Up to ``limit`` live connections, oldest deadline first within each protocol."""
-        views: list[ConnectionView] = []
-        for queue in self._queues:
-            for entry in queue:
-                if len(views) >= limit:
-                    return views
-                if entry.expires_at > now:
-                    views.append(
-                        ConnectionView(
-                            entry.peer,
-                            entry.key,
-                            entry.outbound,
-                            entry.rule,
-                            entry.generation,
-                            entry.closing,
-                            entry.expires_at - now,
-                        )
-                    )
-        return views
 
     # -- internals --------------------------------------------------------------------------------
 

@@ -280,6 +280,7 @@ class Firewall:
             "rules": len(policy.rules),
             "enforcing": self.enforcing,
             "connections": len(self.connections),
+            "by_protocol": self.connections.counts(),
             "hits": dict(sorted(self.hits.items())),
             "denied_in": dict(sorted(self.denied_in.items())),
             "denied_out": dict(sorted(self.denied_out.items())),

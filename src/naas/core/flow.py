@@ -187,16 +187,6 @@ def reverse_key(key: FlowKey) -> FlowKey:
     return (proto, ip_dst, dst_port, ip_src, src_port)
 
 
-def is_tcp_syn_only(flow: Flow) -> bool:
-    """A TCP SYN without ACK: what opens a connection (a SYN-ACK answers one)."""
-    return flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-
-
-def ends_connection(flow: Flow) -> bool:
-    """A TCP FIN or RST: the connection is closing."""
-    return bool(flow.tcp_flags & (TCP_FIN | TCP_RST))
-
-
 def _bad(detail: str) -> BadPacket:
     return BadPacket(DropReason.BAD_FRAME, detail)
 

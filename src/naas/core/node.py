@@ -274,7 +274,7 @@ class NodeCore(Roster):
                 return None
             cert = peer.certificate
         document = self.document
-        allowed = document.allowed_addresses.get(node, ()) if document is not None else ()
+        allowed = document.addresses_of(node) if document is not None else ()
         party = Party(node, cert.name, frozenset(self.groups_of(cert)))
         return MemberFacts(party, int(cert.ip.ip) if cert.ip is not None else 0, networks(allowed))
 

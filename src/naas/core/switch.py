@@ -29,12 +29,11 @@ class _Place:
 
 
 class MacTable:
-    __slots__ = ("_learned", "moves", "own_node")
+    __slots__ = ("_learned", "own_node")
 
     def __init__(self, own_node: int) -> None:
         self.own_node = own_node
         self._learned: dict[bytes, _Place] = {}
-        self.moves = 0  # MACs that moved to another member
 
     def learn(self, mac: bytes, node: int, now: float) -> bool:
         """A frame from ``mac`` came from ``node``; False if the MAC was heard at another
@@ -48,7 +47,6 @@ class MacTable:
                 return True
             if now - entry.heard < MAC_MOVE_QUIET:
                 return False
-            self.moves += 1
         elif len(self._learned) >= MAX_LEARNED_MACS:
             self.expire(now)
             if len(self._learned) >= MAX_LEARNED_MACS:

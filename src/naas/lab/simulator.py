@@ -401,12 +401,8 @@ class Simulator:
 
     def send_frame(self, src: str, dst: str, payload: bytes = b"x" * 64) -> None:
         """A unicast Ethernet frame from ``src``'s naas0 to ``dst``'s MAC, now."""
-        node, target = self.nodes[src], self.nodes[dst]
         self._last_frame[self._pair(src, dst)] = self.now
-        frame = target.core.mac + node.core.mac + b"\x88\xb5" + payload
-        with self._signatures():
-            node.core.tap_frames_received([frame], self.now)
-            self._drain(node)
+        self.send_raw_frame(src, self.nodes[dst].core.mac + self.nodes[src].core.mac + b"\x88\xb5" + payload)
 
     # -- checking --------------------------------------------------------------------------------
 
